@@ -1,0 +1,170 @@
+"""Reading input files as streams of raw records, in shards.
+
+Supported containers: JSON lines (``.jsonl``, ``.ndjson``, optionally ``.gz``), one JSON document
+(``.json``) and Parquet (``.parquet``). Large uncompressed JSON-lines files are split into byte
+ranges that start on line boundaries, so one big file still spreads over many workers; the
+line number each range starts at is counted at planning time, so every record keeps its true line.
+
+A malformed file (a line that is not JSON, a document of the wrong top-level type) raises
+:class:`MalformedInputError` naming the file and line: that is a broken file, not a bad row.
+A line that is not valid UTF-8 is a bad row: it comes back as a :class:`RowError`.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pyarrow.parquet as pq
+
+from synpref_core.io import fs as fsio
+
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
+INPUT_SUFFIXES = (*JSONL_SUFFIXES, ".json", ".parquet")
+_SCAN_CHUNK = 8 * 2**20
+
+
+class MalformedInputError(ValueError):
+    """An input file cannot be read as its format; the message names the file and line."""
+
+
+class RowError(Exception):
+    """One input record cannot become a pair; ``code`` is a schema.REJECT_CODES entry."""
+
+    def __init__(self, code: str, reason: str, raw: str | None = None):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+        self.raw = raw  # the input as text, when the record could not be parsed
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files named by ``paths`` (files, globs, directories searched recursively), sorted."""
+    found: list[str] = []
+    for path in paths:
+        if "://" in path:
+            found.append(path)
+        elif os.path.isdir(path):
+            for root, _dirs, files in os.walk(path):
+                found += [os.path.join(root, f) for f in files if f.endswith(INPUT_SUFFIXES)]
+        elif any(ch in path for ch in "*?["):
+            found += glob.glob(path, recursive=True)
+        elif os.path.exists(path):
+            found.append(path)
+        else:
+            raise MalformedInputError(f"{path}: no such file")
+    unsupported = [p for p in found if not p.endswith(INPUT_SUFFIXES)]
+    if unsupported:
+        raise MalformedInputError(
+            f"{unsupported[0]}: unsupported file type (expected one of {', '.join(INPUT_SUFFIXES)})"
+        )
+    if not found:
+        raise MalformedInputError(f"no input files match {paths}")
+    return sorted(dict.fromkeys(found))
+
+
+def plan_file(path: str, shard_bytes: int) -> list[dict[str, Any]]:
+    """Shard specs for one file: byte ranges for plain JSON lines, the whole file otherwise."""
+    fs, inner = fsio.resolve(path)
+    size = fs.get_file_info(inner).size
+    if not path.endswith((".jsonl", ".ndjson")) or size <= shard_bytes:
+        return [{"path": path, "start": 0, "end": size, "first_line": 1}]
+    specs = []
+    with fs.open_input_file(inner) as f:
+        start, line = 0, 1
+        while start < size:
+            end = _next_line_start(f, min(start + shard_bytes, size), size)
+            specs.append({"path": path, "start": start, "end": end, "first_line": line})
+            line += _count_newlines(f, start, end)
+            start = end
+    return specs
+
+
+def _next_line_start(f, pos: int, size: int) -> int:
+    """The first offset at or after ``pos`` that begins a line (or ``size``)."""
+    if pos >= size:
+        return size
+    f.seek(pos - 1)
+    while True:
+        chunk = f.read(65536)
+        if not chunk:
+            return size
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            return f.tell() - len(chunk) + newline + 1
+
+
+def _count_newlines(f, start: int, end: int) -> int:
+    f.seek(start)
+    count, remaining = 0, end - start
+    while remaining > 0:
+        chunk = f.read(min(_SCAN_CHUNK, remaining))
+        count += chunk.count(b"\n")
+        remaining -= len(chunk)
+    return count
+
+
+def iter_jsonl(spec: dict[str, Any]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object or RowError) for the lines of a JSON-lines shard."""
+    path = spec["path"]
+    fs, inner = fsio.resolve(path)
+    if path.endswith(".gz"):
+        with fs.open_input_file(inner) as raw, gzip.GzipFile(fileobj=raw) as f:
+            yield from _parse_lines(path, f, spec["first_line"])
+    else:
+        with fs.open_input_file(inner) as f:
+            f.seek(spec["start"])
+            data = f.read(spec["end"] - spec["start"])
+            yield from _parse_lines(path, data.split(b"\n"), spec["first_line"])
+
+
+def _parse_lines(path: str, lines, first_line: int) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(lines, start=first_line):
+        if not line.strip():
+            continue
+        try:
+            yield number, orjson.loads(line)
+            continue
+        except orjson.JSONDecodeError:
+            pass  # orjson is strict about UTF-8 and surrogates; tell the two cases apart below
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, RowError("undecodable_text", f"line is not valid UTF-8: {exc}",
+                                   raw=line.decode("utf-8", errors="backslashreplace"))
+            continue
+        try:
+            yield number, json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MalformedInputError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
+
+
+def read_document(path: str) -> Any:
+    """Parse a whole ``.json`` file. Errors name the file and line."""
+    fs, inner = fsio.resolve(path)
+    with fs.open_input_stream(inner) as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MalformedInputError(f"{path}:{line}: not valid UTF-8") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedInputError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+
+
+def iter_parquet(path: str, batch_rows: int) -> Iterator[tuple[int, Any]]:
+    fs, inner = fsio.resolve(path)
+    with fs.open_input_file(inner) as f:
+        row = 0
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+            for record in batch.to_pylist():
+                yield row, record
+                row += 1

@@ -1,0 +1,90 @@
+"""Filesystem access for local paths and object-store URIs through pyarrow filesystems.
+
+``s3://bucket/x``, ``gs://...`` and ``file:///...`` URIs work wherever a path does; a plain path is
+local. Writes are atomic: write a temporary sibling, then move it over the target, so a reader
+never sees half a file and a killed writer leaves only a ``.tmp-*`` file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a URI or a local path (made absolute)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    """Join a URI or path with relative parts (always '/')."""
+    return posixpath.join(base, *parts)
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _tmp_sibling(path: str) -> str:
+    head, tail = posixpath.split(path)
+    return posixpath.join(head, f".tmp-{uuid.uuid4().hex[:8]}-{tail}")
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    tmp = _tmp_sibling(path)
+    with fs.open_output_stream(tmp) as out:
+        out.write(data)
+    fs.move(tmp, path)
+
+
+def write_json_atomic(fs: pafs.FileSystem, path: str, obj: object) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    write_bytes_atomic(fs, path, text.encode("utf-8"))
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> object:
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+class AtomicParquetWriter:
+    """Append record batches to one Parquet file that appears only on :meth:`close`.
+
+    Used as a context manager; an exception inside the block removes the temporary file.
+    """
+
+    def __init__(self, fs: pafs.FileSystem, path: str, schema: pa.Schema):
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        self.fs, self.path, self.schema = fs, path, schema
+        self._tmp = _tmp_sibling(path)
+        self._sink = fs.open_output_stream(self._tmp)
+        self._writer = pq.ParquetWriter(self._sink, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+
+    def __enter__(self) -> AtomicParquetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._writer.close()
+        self._sink.close()
+        if exc_type is None:
+            self.fs.move(self._tmp, self.path)
+        else:
+            self.fs.delete_file(self._tmp)
+
+    def size(self) -> int:
+        return self.fs.get_file_info(self.path).size

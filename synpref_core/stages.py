@@ -1,0 +1,154 @@
+"""Stages: units of work over shards that do not know where they run.
+
+A stage plans a deterministic list of shard specs, then computes each shard independently into
+``part-NNNNN`` files plus a completion marker ``_markers/part-NNNNN.json``. After all shards, the
+manifest ``manifest.json`` is written **last**: its existence means the stage completed. A re-run
+skips every shard whose marker carries the same config hash and whose files still exist, so
+removing one finished shard recomputes only that shard, and the manifest comes out identical.
+
+Executors (``synpref_core.executors``) own the loop; stages never import Ray.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, TypedDict
+
+import pyarrow.fs as pafs
+
+from synpref_core.io import fs as fsio
+
+
+class FileEntry(TypedDict):
+    path: str  # relative to the stage directory
+    kind: str  # "data" or "rejects"
+    rows: int
+    bytes: int
+
+
+class ShardResult(TypedDict):
+    shard: int
+    files: list[FileEntry]
+    counts: dict[str, int]
+
+
+class StageError(RuntimeError):
+    """A stage cannot run: bad input or inconsistent state, named in the message."""
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+class Stage(ABC):
+    """One step of a pipeline writing to ``self.out``. Subclasses set ``name`` and implement
+    :meth:`plan` and :meth:`run_shard`; both must be deterministic for a given config."""
+
+    name: ClassVar[str]
+
+    def __init__(self, out: str, config: dict[str, Any], config_hash: str, parents: list[str]):
+        self.out = out
+        self.config = config
+        self.config_hash = config_hash
+        self.parents = parents
+
+    @property
+    def run_id(self) -> str:
+        """Deterministic id of this stage's output, recorded on every row it writes."""
+        return f"{self.name}-{self.config_hash}"
+
+    @abstractmethod
+    def plan(self) -> list[dict[str, Any]]:
+        """JSON-serialisable spec of every shard, in order."""
+
+    @abstractmethod
+    def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
+        """Compute one shard, write its files atomically, return what it wrote."""
+
+    def schemas(self) -> dict[str, str]:
+        """Schema fingerprints of the file kinds this stage writes."""
+        return {}
+
+    # -- markers and manifest ---------------------------------------------------------------
+
+    def _fs(self) -> tuple[pafs.FileSystem, str]:
+        return fsio.resolve(self.out)
+
+    def marker_path(self, index: int) -> str:
+        return fsio.join(self._fs()[1], "_markers", part_name(index) + ".json")
+
+    def finished_result(self, index: int) -> ShardResult | None:
+        """The shard's recorded result if it finished under this config and its files exist."""
+        fs, root = self._fs()
+        marker = self.marker_path(index)
+        if not fsio.exists(fs, marker):
+            return None
+        record = fsio.read_json(fs, marker)
+        if record.get("config_hash") != self.config_hash:
+            return None
+        result: ShardResult = record["result"]
+        for entry in result["files"]:
+            info = fs.get_file_info(fsio.join(root, entry["path"]))
+            if info.type == pafs.FileType.NotFound or info.size != entry["bytes"]:
+                return None
+        return result
+
+    def mark_finished(self, result: ShardResult) -> None:
+        fs, _ = self._fs()
+        record = {"config_hash": self.config_hash, "result": result}
+        fsio.write_json_atomic(fs, self.marker_path(result["shard"]), record)
+
+    def execute_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
+        """Run one shard and record its marker (what executors call)."""
+        result = self.run_shard(index, spec)
+        self.mark_finished(result)
+        return result
+
+    def manifest_path(self) -> str:
+        return fsio.join(self.out, "manifest.json")
+
+    def summarize(self, results: list[ShardResult]) -> dict[str, int]:
+        """Stage-wide counts; by default the sum over shards."""
+        totals: dict[str, int] = {}
+        for result in results:
+            for key, value in result["counts"].items():
+                totals[key] = totals.get(key, 0) + value
+        return totals
+
+    def write_manifest(self, specs: list[dict[str, Any]], results: list[ShardResult]) -> str:
+        fs, root = self._fs()
+        results = sorted(results, key=lambda r: r["shard"])
+        files = [entry for r in results for entry in r["files"]]
+        manifest = {
+            "stage": self.name,
+            "run_id": self.run_id,
+            "config": self.config,
+            "config_hash": self.config_hash,
+            "schemas": self.schemas(),
+            "parents": self.parents,
+            "num_shards": len(specs),
+            "shards": [{**r, "spec": specs[r["shard"]]} for r in results],
+            "files": files,
+            "rows": sum(f["rows"] for f in files if f["kind"] == "data"),
+            "bytes": sum(f["bytes"] for f in files),
+            "counts": self.summarize(results),
+        }
+        fsio.write_json_atomic(fs, fsio.join(root, "manifest.json"), manifest)
+        return self.manifest_path()
+
+
+def load_manifest(uri: str) -> dict[str, Any]:
+    """Read a manifest given the stage directory or the manifest file itself."""
+    if not uri.endswith(".json"):
+        uri = fsio.join(uri, "manifest.json")
+    fs, path = fsio.resolve(uri)
+    if not fsio.exists(fs, path):
+        raise StageError(f"no manifest at {uri}: the stage has not completed there")
+    manifest = fsio.read_json(fs, path)
+    manifest["_dir"] = uri.rsplit("/", 1)[0]
+    return manifest
+
+
+def manifest_files(manifest: dict[str, Any], kind: str = "data") -> list[str]:
+    """Absolute URIs of the manifest's files of one kind, in shard order."""
+    return [fsio.join(manifest["_dir"], f["path"]) for f in manifest["files"] if f["kind"] == kind]
