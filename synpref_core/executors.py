@@ -36,10 +36,12 @@ def run_stage(stage: Stage, executor: ExecutorConfig | None = None, progress: bo
             todo.append(index)
         else:
             results[index] = done
-    log.info("%s: %d shards, %d to run, %d already done", stage.name, len(specs), len(todo),
-             len(results))
-    bar = tqdm(total=len(specs), initial=len(results), desc=stage.name, unit="shard",
-               disable=not progress)
+    log.info(
+        "%s: %d shards, %d to run, %d already done", stage.name, len(specs), len(todo), len(results)
+    )
+    bar = tqdm(
+        total=len(specs), initial=len(results), desc=stage.name, unit="shard", disable=not progress
+    )
     with bar:
         for result in _map(stage, specs, todo, executor):
             results[result["shard"]] = result

@@ -15,8 +15,10 @@ from synpref_core.ingest.readers import RowError
 def _strings(draft: dict[str, Any]) -> list[tuple[str, Any]]:
     named = [("chosen", draft.get("chosen")), ("rejected", draft.get("rejected"))]
     for i, message in enumerate(draft.get("conversation") or []):
-        named += [(f"conversation[{i}].role", message.get("role")),
-                  (f"conversation[{i}].content", message.get("content"))]
+        named += [
+            (f"conversation[{i}].role", message.get("role")),
+            (f"conversation[{i}].content", message.get("content")),
+        ]
     return named
 
 
@@ -44,5 +46,6 @@ def validate_draft(draft: dict[str, Any], max_field_chars: int) -> None:
         raise RowError("identical_sides", "chosen and rejected are the same text")
     for name, value in named:
         if len(value) > max_field_chars:
-            raise RowError("oversize_field",
-                           f"{name} has {len(value)} characters (limit {max_field_chars})")
+            raise RowError(
+                "oversize_field", f"{name} has {len(value)} characters (limit {max_field_chars})"
+            )

@@ -92,17 +92,20 @@ def parse_hh_dialogue(text: str, key: str) -> list[dict]:
     parts = _HH_TURN.split(text)
     if parts[0].strip():
         raise RowError("wrong_type", f"{key!r} does not start with a Human/Assistant turn")
-    return [{"role": _HH_ROLE[role], "content": content} for role, content in
-            zip(parts[1::2], parts[2::2], strict=True)]
+    return [
+        {"role": _HH_ROLE[role], "content": content}
+        for role, content in zip(parts[1::2], parts[2::2], strict=True)
+    ]
 
 
 def hh_rlhf(raw: Any, spec: SourceSpec) -> list[Draft]:
     raw = _require_object(raw)
     history, chosen = _split_last(parse_hh_dialogue(_text(raw, "chosen"), "chosen"), "chosen")
-    other, rejected = _split_last(parse_hh_dialogue(_text(raw, "rejected"), "rejected"),
-                                  "rejected")
+    other, rejected = _split_last(parse_hh_dialogue(_text(raw, "rejected"), "rejected"), "rejected")
     if history != other:
-        raise RowError("history_mismatch", "chosen and rejected dialogues differ before the last turn")
+        raise RowError(
+            "history_mismatch", "chosen and rejected dialogues differ before the last turn"
+        )
     return [{"conversation": history, "chosen": chosen, "rejected": rejected}]
 
 
@@ -125,7 +128,7 @@ def pandalm(raw: Any, spec: SourceSpec) -> list[Draft]:
     if extra.strip():
         prompt = f"{prompt}\n\n{extra}"
     votes = [_field(raw, f"annotator{i}") for i in (1, 2, 3)]
-    if any(v not in (0, 1, 2) for v in votes):
+    if any(type(v) is not int or v not in (0, 1, 2) for v in votes):
         raise RowError("wrong_type", f"annotator votes {votes} are not 0, 1 or 2")
     winner = next((v for v in (0, 1, 2) if votes.count(v) >= 2), None)
     if winner in (None, 0):
@@ -142,7 +145,7 @@ def llmbar_subset(path: str) -> str:
     """'.../Dataset/LLMBar/Adversarial/GPTInst/dataset.json' → 'LLMBar/Adversarial/GPTInst'."""
     parts = path.replace("\\", "/").split("/")[:-1]
     if "Dataset" in parts:
-        return "/".join(parts[len(parts) - parts[::-1].index("Dataset"):])
+        return "/".join(parts[len(parts) - parts[::-1].index("Dataset") :])
     return parts[-1] if parts else ""
 
 
@@ -153,9 +156,9 @@ def llmbar(raw: Any, spec: SourceSpec) -> list[Draft]:
 
 def offsetbias(raw: Any, spec: SourceSpec) -> list[Draft]:
     raw = _require_object(raw)
-    draft = _two_way(raw, _text(raw, "instruction"), "response1", "response2",
-                     _field(raw, "label"))
-    draft["subset"] = raw.get("bias")
+    draft = _two_way(raw, _text(raw, "instruction"), "response1", "response2", _field(raw, "label"))
+    if raw.get("bias") is not None:
+        draft["subset"] = raw["bias"]
     return [draft]
 
 
@@ -164,8 +167,9 @@ def pairs(raw: Any, spec: SourceSpec) -> list[Draft]:
     keys: FieldMap = spec.fields
     chosen_raw, rejected_raw = _field(raw, keys.chosen), _field(raw, keys.rejected)
     prompt_raw = raw.get(keys.prompt) if keys.prompt else None
-    if keys.prompt and prompt_raw is None:
-        raise RowError("missing_field", f"field {keys.prompt!r} is missing")
+    # A prompt is needed only when a side is a bare response; OpenRLHF rows carry it inside.
+    if prompt_raw is None and (isinstance(chosen_raw, str) or isinstance(rejected_raw, str)):
+        raise RowError("missing_field", f"field {keys.prompt or 'prompt'!r} is missing")
     if isinstance(prompt_raw, str):
         prompt = _user(prompt_raw)
     elif prompt_raw is None:
@@ -198,11 +202,19 @@ def rm_bench(raw: Any, spec: SourceSpec) -> list[Draft]:
             raise RowError("wrong_type", f"field {key!r} must be a list of 3 responses")
         if not all(isinstance(v, str) for v in value):
             raise RowError("wrong_type", f"field {key!r} must hold strings")
-    group = f"rm-bench:{raw.get('id')}"
+    item_id = _field(raw, "id")
+    group = f"rm-bench:{item_id}"
     return [
-        {"conversation": _user(prompt), "chosen": c, "rejected": r, "subset": raw.get("subset"),
-         "group_id": group, "meta": {"id": raw.get("id"), "chosen_style": i, "rejected_style": j}}
-        for i, c in enumerate(chosen) for j, r in enumerate(rejected)
+        {
+            "conversation": _user(prompt),
+            "chosen": c,
+            "rejected": r,
+            "subset": raw.get("subset"),
+            "group_id": group,
+            "meta": {"id": item_id, "chosen_style": i, "rejected_style": j},
+        }
+        for i, c in enumerate(chosen)
+        for j, r in enumerate(rejected)
     ]
 
 
@@ -215,8 +227,10 @@ def _rmb_answer(value: Any, key: str) -> tuple[str, Any]:
 def _rmb_conversation(raw: dict) -> list[dict]:
     messages = _field(raw, "conversation_input")
     if isinstance(messages, list):
-        messages = [{k: m.get(k) for k in ("role", "content")} if isinstance(m, dict) else m
-                    for m in messages]
+        messages = [
+            {k: m.get(k) for k in ("role", "content")} if isinstance(m, dict) else m
+            for m in messages
+        ]
     return _messages(messages, "conversation_input")
 
 
@@ -236,17 +250,39 @@ def rmb(raw: Any, spec: SourceSpec) -> list[Draft]:
         drafts = []
         for i, loser in enumerate(losers):
             answer, model = _rmb_answer(loser, f"loser_list[{i}]")
-            drafts.append({"conversation": conversation, "chosen": best, "rejected": answer,
-                           "subset": _category(raw), "group_id": f"rmb-bon:{raw['bon_uid']}",
-                           "meta": {"kind": "bon", "bon_uid": raw["bon_uid"], "loser": i,
-                                    "chosen_model": best_model, "rejected_model": model}})
+            drafts.append(
+                {
+                    "conversation": conversation,
+                    "chosen": best,
+                    "rejected": answer,
+                    "subset": _category(raw),
+                    "group_id": f"rmb-bon:{raw['bon_uid']}",
+                    "meta": {
+                        "kind": "bon",
+                        "bon_uid": raw["bon_uid"],
+                        "loser": i,
+                        "chosen_model": best_model,
+                        "rejected_model": model,
+                    },
+                }
+            )
         return drafts
     chosen, chosen_model = _rmb_answer(_field(raw, "chosen"), "chosen")
     rejected, rejected_model = _rmb_answer(_field(raw, "reject"), "reject")
-    return [{"conversation": conversation, "chosen": chosen, "rejected": rejected,
-             "subset": _category(raw),
-             "meta": {"kind": "pairwise", "pair_uid": raw.get("pair_uid"),
-                      "chosen_model": chosen_model, "rejected_model": rejected_model}}]
+    return [
+        {
+            "conversation": conversation,
+            "chosen": chosen,
+            "rejected": rejected,
+            "subset": _category(raw),
+            "meta": {
+                "kind": "pairwise",
+                "pair_uid": raw.get("pair_uid"),
+                "chosen_model": chosen_model,
+                "rejected_model": rejected_model,
+            },
+        }
+    ]
 
 
 def judgebench(raw: Any, spec: SourceSpec) -> list[Draft]:
@@ -256,18 +292,37 @@ def judgebench(raw: Any, spec: SourceSpec) -> list[Draft]:
         raise RowError("no_preference", f"label {label!r} is not 'A>B' or 'B>A'")
     a, b = _text(raw, "response_A"), _text(raw, "response_B")
     chosen, rejected = (a, b) if label == "A>B" else (b, a)
-    return [{"conversation": _user(_text(raw, "question")), "chosen": chosen,
-             "rejected": rejected, "subset": raw.get("source"),
-             "meta": {"pair_id": raw.get("pair_id"), "original_id": raw.get("original_id"),
-                      "response_model": raw.get("response_model"), "label": label}}]
+    return [
+        {
+            "conversation": _user(_text(raw, "question")),
+            "chosen": chosen,
+            "rejected": rejected,
+            "subset": raw.get("source"),
+            "meta": {
+                "pair_id": raw.get("pair_id"),
+                "original_id": raw.get("original_id"),
+                "response_model": raw.get("response_model"),
+                "label": label,
+            },
+        }
+    ]
 
 
 def rewardbench(raw: Any, spec: SourceSpec) -> list[Draft]:
     raw = _require_object(raw)
-    return [{"conversation": _user(_text(raw, "prompt")), "chosen": _text(raw, "chosen"),
-             "rejected": _text(raw, "rejected"), "subset": raw.get("subset"),
-             "meta": {"id": raw.get("id"), "chosen_model": raw.get("chosen_model"),
-                      "rejected_model": raw.get("rejected_model")}}]
+    return [
+        {
+            "conversation": _user(_text(raw, "prompt")),
+            "chosen": _text(raw, "chosen"),
+            "rejected": _text(raw, "rejected"),
+            "subset": raw.get("subset"),
+            "meta": {
+                "id": raw.get("id"),
+                "chosen_model": raw.get("chosen_model"),
+                "rejected_model": raw.get("rejected_model"),
+            },
+        }
+    ]
 
 
 ADAPTERS: dict[str, Callable[[Any, SourceSpec], list[Draft]]] = {
@@ -291,8 +346,11 @@ def document_records(fmt: str, doc: Any, path: str) -> list[tuple[Any, dict]]:
     if fmt == "offsetbias":
         if not isinstance(doc, dict):
             raise ValueError(f"expected a JSON object keyed by bias type, got {type(doc).__name__}")
-        return [(item, {}) for items in doc.values() for item in
-                (items if isinstance(items, list) else [items])]
+        return [
+            (item, {"subset": key})
+            for key, items in doc.items()
+            for item in (items if isinstance(items, list) else [items])
+        ]
     if not isinstance(doc, list):
         raise ValueError(f"expected a JSON array of records, got {type(doc).__name__}")
     extra = {"subset": llmbar_subset(path)} if fmt == "llmbar" else {}

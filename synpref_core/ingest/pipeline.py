@@ -101,8 +101,10 @@ class IngestStage(Stage):
         self._benchmark: np.ndarray | None = None
 
     def schemas(self) -> dict[str, str]:
-        return {"data": schema.fingerprint(schema.PAIR_SCHEMA),
-                "rejects": schema.fingerprint(schema.REJECT_SCHEMA)}
+        return {
+            "data": schema.fingerprint(schema.PAIR_SCHEMA),
+            "rejects": schema.fingerprint(schema.REJECT_SCHEMA),
+        }
 
     def plan(self) -> list[dict[str, Any]]:
         specs = []
@@ -121,12 +123,16 @@ class IngestStage(Stage):
                 for spec in plan_file(path, self.ingest.shard_bytes):
                     for _, raw, _ in iter_records(bench, spec, self.ingest.batch_rows):
                         try:
-                            drafts = ADAPTERS[bench.format](raw, bench) if not isinstance(
-                                raw, RowError) else []
+                            drafts = (
+                                ADAPTERS[bench.format](raw, bench)
+                                if not isinstance(raw, RowError)
+                                else []
+                            )
                         except RowError:
                             continue  # a broken benchmark row has no prompt to protect
-                        texts.update("\n".join(m["content"] for m in d["conversation"])
-                                     for d in drafts)
+                        texts.update(
+                            "\n".join(m["content"] for m in d["conversation"]) for d in drafts
+                        )
         return benchmark_ngrams(sorted(texts), decontam.ngram)
 
     def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
@@ -134,11 +140,19 @@ class IngestStage(Stage):
         fs, root = fsio.resolve(self.out)
         data_rel = f"data/{part_name(index)}.parquet"
         rejects_rel = f"rejects/{part_name(index)}.parquet"
-        counts = {"input_records": 0, "input_rows": 0, "rows": 0, "quarantined": 0,
-                  "contaminated": 0}
-        with (fsio.AtomicParquetWriter(fs, fsio.join(root, data_rel), schema.PAIR_SCHEMA) as data,
-              fsio.AtomicParquetWriter(fs, fsio.join(root, rejects_rel),
-                                       schema.REJECT_SCHEMA) as rejects):
+        counts = {
+            "input_records": 0,
+            "input_rows": 0,
+            "rows": 0,
+            "quarantined": 0,
+            "contaminated": 0,
+        }
+        with (
+            fsio.AtomicParquetWriter(fs, fsio.join(root, data_rel), schema.PAIR_SCHEMA) as data,
+            fsio.AtomicParquetWriter(
+                fs, fsio.join(root, rejects_rel), schema.REJECT_SCHEMA
+            ) as rejects,
+        ):
             pairs: list[dict] = []
             bad: list[dict] = []
             for row, raw, extra in iter_records(source, spec, self.ingest.batch_rows):
@@ -152,14 +166,26 @@ class IngestStage(Stage):
             "shard": index,
             "files": [
                 {"path": data_rel, "kind": "data", "rows": data.rows, "bytes": data.size()},
-                {"path": rejects_rel, "kind": "rejects", "rows": rejects.rows,
-                 "bytes": rejects.size()},
+                {
+                    "path": rejects_rel,
+                    "kind": "rejects",
+                    "rows": rejects.rows,
+                    "bytes": rejects.size(),
+                },
             ],
             "counts": counts,
         }
 
-    def _convert(self, source: SourceSpec, path: str, row: int, raw: Any,
-                 extra: dict[str, Any], pairs: list[dict], bad: list[dict]) -> None:
+    def _convert(
+        self,
+        source: SourceSpec,
+        path: str,
+        row: int,
+        raw: Any,
+        extra: dict[str, Any],
+        pairs: list[dict],
+        bad: list[dict],
+    ) -> None:
         try:
             if isinstance(raw, RowError):
                 raise raw
@@ -177,11 +203,27 @@ class IngestStage(Stage):
                 continue
             pairs.append(self._pair_row(source, path, row, {**extra, **draft}))
 
-    def _reject(self, source: SourceSpec, path: str, row: int, code: str, reason: str,
-                raw: str, pair_id: str | None = None) -> dict[str, Any]:
-        return {"reason_code": code, "reason": reason, "source": source.source_name,
-                "source_file": path, "source_row": row, "pair_id": pair_id,
-                "duplicate_of": None, "raw": raw, "run_id": self.run_id}
+    def _reject(
+        self,
+        source: SourceSpec,
+        path: str,
+        row: int,
+        code: str,
+        reason: str,
+        raw: str,
+        pair_id: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "reason_code": code,
+            "reason": reason,
+            "source": source.source_name,
+            "source_file": path,
+            "source_row": row,
+            "pair_id": pair_id,
+            "duplicate_of": None,
+            "raw": raw,
+            "run_id": self.run_id,
+        }
 
     def _pair_row(self, source: SourceSpec, path: str, row: int, d: dict[str, Any]) -> dict:
         votes = d.get("human_votes")
@@ -209,9 +251,15 @@ class IngestStage(Stage):
             "meta": json.dumps(d["meta"], sort_keys=True, default=str) if d.get("meta") else None,
         }
 
-    def _flush(self, source: SourceSpec, pairs: list[dict], bad: list[dict],
-               data: fsio.AtomicParquetWriter, rejects: fsio.AtomicParquetWriter,
-               counts: dict[str, int]) -> None:
+    def _flush(
+        self,
+        source: SourceSpec,
+        pairs: list[dict],
+        bad: list[dict],
+        data: fsio.AtomicParquetWriter,
+        rejects: fsio.AtomicParquetWriter,
+        counts: dict[str, int],
+    ) -> None:
         table = pa.Table.from_pylist(pairs, schema=schema.PAIR_SCHEMA)
         if source.decontaminate and self._benchmark is not None and table.num_rows:
             texts = conversation_texts(table.column("conversation"))
@@ -221,15 +269,26 @@ class IngestStage(Stage):
                 mask[hit] = True
                 for i in hit:
                     p = pairs[i]
-                    raw = orjson.dumps({k: p[k] for k in ("conversation", "chosen", "rejected")},
-                                       default=str).decode(errors="replace")
-                    bad.append(self._reject(source, p["source_file"], p["source_row"],
-                                            "contaminated",
-                                            f"shares a {self.ingest.decontamination.ngram}-gram "
-                                            "with a benchmark prompt", raw, p["pair_id"]))
+                    raw = orjson.dumps(
+                        {k: p[k] for k in ("conversation", "chosen", "rejected")}, default=str
+                    ).decode(errors="replace")
+                    bad.append(
+                        self._reject(
+                            source,
+                            p["source_file"],
+                            p["source_row"],
+                            "contaminated",
+                            f"shares a {self.ingest.decontamination.ngram}-gram "
+                            "with a benchmark prompt",
+                            raw,
+                            p["pair_id"],
+                        )
+                    )
                 table = table.filter(pa.array(~mask))
         for reject in bad:
-            counts["quarantined" if reject["reason_code"] != "contaminated" else "contaminated"] += 1
+            counts[
+                "quarantined" if reject["reason_code"] != "contaminated" else "contaminated"
+            ] += 1
             if reject["reason_code"] != "contaminated":
                 key = f"quarantined.{reject['reason_code']}"
                 counts[key] = counts.get(key, 0) + 1
@@ -254,8 +313,10 @@ class DedupStage(Stage):
         self.batch_rows = config.batch_rows
 
     def schemas(self) -> dict[str, str]:
-        return {"data": schema.fingerprint(schema.PAIR_SCHEMA),
-                "rejects": schema.fingerprint(schema.REJECT_SCHEMA)}
+        return {
+            "data": schema.fingerprint(schema.PAIR_SCHEMA),
+            "rejects": schema.fingerprint(schema.REJECT_SCHEMA),
+        }
 
     def plan(self) -> list[dict[str, Any]]:
         parent = load_manifest(self.parents[0])
@@ -266,14 +327,16 @@ class DedupStage(Stage):
             fs, inner = fsio.resolve(path)
             with fs.open_input_file(inner) as f:
                 ids = pq.read_table(f, columns=["pair_id", "source_file", "source_row"])
-            frames.append(pl.from_arrow(ids).with_columns(shard=pl.lit(shard["shard"]))
-                          .with_row_index("row"))
+            frames.append(
+                pl.from_arrow(ids).with_columns(shard=pl.lit(shard["shard"])).with_row_index("row")
+            )
         specs = [{"parent_shard": s, "drop": [], "duplicate_of": []} for s in parent["shards"]]
         if not frames:
             return specs
         every = pl.concat(frames)
         first = every.filter(pl.col("pair_id").is_first_distinct()).select(
-            "pair_id", kept_at=pl.format("{}:{}", "source_file", "source_row"))
+            "pair_id", kept_at=pl.format("{}:{}", "source_file", "source_row")
+        )
         dups = every.filter(~pl.col("pair_id").is_first_distinct()).join(first, on="pair_id")
         for (shard,), group in dups.sort("shard", "row").group_by("shard", maintain_order=True):
             specs[shard]["drop"] = group["row"].to_list()
@@ -291,8 +354,10 @@ class DedupStage(Stage):
         kept_at = dict(zip(spec["drop"], spec["duplicate_of"], strict=True))
         in_fs, in_path = fsio.resolve(fsio.join(root, NORMALIZE_DIR, data_in["path"]))
         dup_rows: list[dict] = []
-        with (fsio.AtomicParquetWriter(fs, fsio.join(root, data_rel), schema.PAIR_SCHEMA) as data,
-              in_fs.open_input_file(in_path) as f):
+        with (
+            fsio.AtomicParquetWriter(fs, fsio.join(root, data_rel), schema.PAIR_SCHEMA) as data,
+            in_fs.open_input_file(in_path) as f,
+        ):
             offset = 0
             for batch in pq.ParquetFile(f).iter_batches(batch_size=self.batch_rows):
                 table = pa.Table.from_batches([batch]).cast(schema.PAIR_SCHEMA)
@@ -307,8 +372,9 @@ class DedupStage(Stage):
         counts = {**shard["counts"], "rows": data.rows, "duplicates": len(dup_rows)}
         accounted = counts["rows"] + counts["quarantined"] + counts["contaminated"] + len(dup_rows)
         if accounted != counts["input_rows"]:
-            raise StageError(f"shard {index}: {counts['input_rows']} input rows but {accounted} "
-                             "accounted for")
+            raise StageError(
+                f"shard {index}: {counts['input_rows']} input rows but {accounted} accounted for"
+            )
         return {
             "shard": index,
             "files": [
@@ -321,14 +387,22 @@ class DedupStage(Stage):
 
     def _dup_row(self, table: pa.Table, i: int, kept_at: str) -> dict[str, Any]:
         row = table.slice(i, 1).to_pylist()[0]
-        return {"reason_code": "duplicate", "reason": f"exact duplicate of the pair at {kept_at}",
-                "source": row["source"], "source_file": row["source_file"],
-                "source_row": row["source_row"], "pair_id": row["pair_id"],
-                "duplicate_of": kept_at, "raw": None, "run_id": self.run_id}
+        return {
+            "reason_code": "duplicate",
+            "reason": f"exact duplicate of the pair at {kept_at}",
+            "source": row["source"],
+            "source_file": row["source_file"],
+            "source_row": row["source_row"],
+            "pair_id": row["pair_id"],
+            "duplicate_of": kept_at,
+            "raw": None,
+            "run_id": self.run_id,
+        }
 
 
-def run_ingest(config: IngestConfig, executor: ExecutorConfig | None = None,
-               progress: bool = True) -> str:
+def run_ingest(
+    config: IngestConfig, executor: ExecutorConfig | None = None, progress: bool = True
+) -> str:
     """Run both ingest stages; return the final manifest URI (``OUT/manifest.json``)."""
     normalized = run_stage(IngestStage(config), executor, progress)
     return run_stage(DedupStage(config, normalized), executor, progress)

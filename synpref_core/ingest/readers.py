@@ -135,8 +135,14 @@ def _parse_lines(path: str, lines, first_line: int) -> Iterator[tuple[int, Any]]
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield number, RowError("undecodable_text", f"line is not valid UTF-8: {exc}",
-                                   raw=line.decode("utf-8", errors="backslashreplace"))
+            yield (
+                number,
+                RowError(
+                    "undecodable_text",
+                    f"line is not valid UTF-8: {exc}",
+                    raw=line.decode("utf-8", errors="backslashreplace"),
+                ),
+            )
             continue
         try:
             yield number, json.loads(text)

@@ -1,0 +1,53 @@
+# synpref: `make demo` sets everything up and runs the main job; `make test` sets up and tests.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+# torch is pinned to its CPU build. Where pip does not already find that wheel locally, use e.g.
+#   make TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" install
+TORCH_PIP_ARGS ?=
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export RAY_USAGE_STATS_ENABLED ?= 0
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: install demo test test-fast bench lint format server worker clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install  ## ingest the bundled real datasets (Prefect flow on local Ray, MLflow on SQLite)
+	$(BIN)/python -m flows.ingest
+
+test: install  ## the whole suite (unit, Ray, Prefect flow end to end)
+	$(BIN)/pytest -q
+
+test-fast: install  ## unit tests only
+	$(BIN)/pytest -q -m "not slow"
+
+bench: install  ## benchmarks/ (ratios against an in-run baseline)
+	$(BIN)/python -m benchmarks.bench_ingest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+server: install  ## Prefect server with the UI on http://127.0.0.1:4200
+	bash infra/prefect/server.sh
+
+worker: install  ## a Prefect worker on the `synpref` process work pool
+	bash infra/prefect/worker.sh
+
+clean:
+	rm -rf .synpref .pytest_cache .ruff_cache

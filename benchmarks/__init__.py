@@ -1,0 +1,1 @@
+"""Benchmarks of synpref (not part of the installed package). See benchmarks/README.md."""

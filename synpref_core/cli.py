@@ -1,0 +1,164 @@
+"""The ``synpref`` command line.
+
+    synpref ingest --format hh-rlhf data/hh-rlhf/harmless-base/test.jsonl.gz --out OUT
+    synpref ingest --config ingest.yaml            # several sources, decontamination, ...
+    synpref inspect OUT --json
+    synpref export OUT --out pairs.parquet
+
+``ingest`` runs the same stages as the Prefect flow, in this process (or on Ray with
+``--executor ray``), without a Prefect server or MLflow: the quick path for a laptop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from synpref_core.config import (
+    FORMATS,
+    ConfigError,
+    DecontamConfig,
+    ExecutorConfig,
+    IngestConfig,
+    SourceSpec,
+    load_config,
+)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def ingest(
+    inputs: Annotated[list[str] | None, typer.Argument(help="Files, globs or directories.")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help=f"One of: {', '.join(FORMATS)}.")
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="Output directory or URI.")] = None,
+    status: Annotated[str, typer.Option(help="'unverified' or 'gold'.")] = "unverified",
+    name: Annotated[str | None, typer.Option(help="Source name on rows (default: format).")] = None,
+    benchmark: Annotated[
+        list[str] | None,
+        typer.Option(help="FORMAT:PATH of benchmark prompts to decontaminate against; repeatable."),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="An IngestConfig YAML instead.")] = None,
+    executor: Annotated[str, typer.Option(help="'local' or 'ray'.")] = "local",
+    workers: Annotated[int, typer.Option(help="Local worker processes.")] = 1,
+) -> None:
+    """Ingest, validate, decontaminate and deduplicate preference pairs into Parquet shards."""
+    from synpref_core.ingest.pipeline import ingest_counts, run_ingest
+    from synpref_core.ingest.readers import MalformedInputError
+    from synpref_core.stages import StageError
+
+    try:
+        cfg = _ingest_config(inputs, fmt, out, status, name, benchmark, config)
+        runner = ExecutorConfig(kind=executor, workers=workers)
+    except (ConfigError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    try:
+        run_ingest(cfg, runner)
+    except (MalformedInputError, StageError) as exc:
+        raise _fail(str(exc)) from exc
+    _print_counts(ingest_counts(cfg.out), cfg.out)
+
+
+def _ingest_config(inputs, fmt, out, status, name, benchmark, config) -> IngestConfig:
+    if config is not None:
+        if inputs or fmt:
+            raise ValueError("give either --config or --format with inputs, not both")
+        cfg = load_config(config, IngestConfig)
+        return cfg.model_copy(update={"out": out}) if out else cfg
+    if not inputs or not fmt:
+        raise ValueError("give --format FORMAT and at least one input (or --config)")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if out is None:
+        raise ValueError("give --out DIR")
+    benchmarks = []
+    for item in benchmark or []:
+        bench_fmt, _, path = item.partition(":")
+        if not path:
+            raise ValueError(f"--benchmark wants FORMAT:PATH, got {item!r}")
+        benchmarks.append(SourceSpec(format=bench_fmt, paths=[path]))
+    return IngestConfig(
+        sources=[SourceSpec(format=fmt, paths=inputs, status=status, name=name)],
+        out=out,
+        decontamination=DecontamConfig(benchmarks=benchmarks),
+    )
+
+
+def _print_counts(counts: dict[str, int], out: str) -> None:
+    table = Table(title=f"ingest → {out}")
+    table.add_column("outcome")
+    table.add_column("rows", justify="right")
+    for key in sorted(counts):
+        table.add_row(key, f"{counts[key]:,}")
+    Console().print(table)
+
+
+@app.command()
+def inspect(
+    directory: Annotated[str, typer.Argument(help="A stage output directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+) -> None:
+    """Print a stage output's counts (from its manifest)."""
+    from synpref_core.stages import StageError, load_manifest
+
+    try:
+        manifest = load_manifest(directory)
+    except StageError as exc:
+        raise _fail(str(exc)) from exc
+    counts = {"input_rows": 0, "rows": 0, "quarantined": 0, "duplicates": 0, "contaminated": 0}
+    counts.update(manifest["counts"])
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    **counts,
+                    "stage": manifest["stage"],
+                    "run_id": manifest["run_id"],
+                    "files": len(manifest["files"]),
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
+    else:
+        _print_counts(counts, directory)
+
+
+@app.command()
+def export(
+    directory: Annotated[str, typer.Argument(help="A stage output directory.")],
+    out: Annotated[str, typer.Option(help="Output Parquet file.")],
+    status: Annotated[list[str] | None, typer.Option(help="Only these statuses.")] = None,
+) -> None:
+    """Export pairs as TRL / OpenRLHF preference rows (chosen/rejected message lists)."""
+    from synpref_core.export import export_pairs
+    from synpref_core.stages import StageError
+
+    try:
+        rows = export_pairs(directory, out, status)
+    except StageError as exc:
+        raise _fail(str(exc)) from exc
+    Console().print(f"wrote {rows:,} pairs to {out}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    app()
+
+
+if __name__ == "__main__":
+    main()
