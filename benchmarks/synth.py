@@ -3,9 +3,9 @@
 The real sets hold about 4,600 pairs; benchmarks of scale need millions, so this module makes
 them up from the real texts (DESIGN §1, data/README.md: say so wherever a figure comes from
 synthetic rows). Every synthetic row takes a real prompt and two different real responses from
-the pools below and appends a perturbation to the prompt (three words sampled from the real
-responses' vocabulary and the row index), so ordinary rows are unique. A seeded share of rows is
-made invalid on purpose:
+the pools below and appends a perturbation to each (words sampled from the real responses'
+vocabulary and the row index), so ordinary rows, and their texts, are unique. A seeded share of
+rows is made invalid on purpose:
 
 ====================  =======  ==============================================================
 kind                  share    what the row is
@@ -47,7 +47,7 @@ import orjson
 from synpref_core.ingest.formats import parse_hh_dialogue
 from synpref_core.ingest.readers import RowError
 
-VERSION = 1  # bump when the generated rows change, so cached files are not reused
+VERSION = 2  # bump when the generated rows change, so cached files are not reused
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
 RESULTS = REPO / "benchmarks" / "results"
@@ -236,7 +236,7 @@ def generate(n: int, seed: int = 0, root: Path = SYNTH_DIR) -> SynthData:
     first_i = rng.integers(n_resp, size=n)
     second_i = ((first_i + 1 + rng.integers(n_resp - 1, size=n)) % n_resp).tolist()
     first_i = first_i.tolist()
-    words = rng.integers(n_vocab, size=(n, 3)).tolist()
+    words = rng.integers(n_vocab, size=(n, 7)).tolist()
     side = rng.integers(2, size=n).tolist()
     blank = rng.integers(2, size=n).tolist()
     bench_i = rng.integers(len(pools.bench), size=n).tolist()
@@ -250,7 +250,10 @@ def generate(n: int, seed: int = 0, root: Path = SYNTH_DIR) -> SynthData:
         w = words[i]
         tail = f"({vocab[w[0]]} {vocab[w[1]]} {vocab[w[2]]}, variant {i})"
         prompt = prompts[prompt_i[i]]
-        chosen, rejected = responses[first_i[i]], responses[second_i[i]]
+        # Responses are perturbed too, so texts are as unique as real data's (the pools hold
+        # only a few thousand responses; repeated texts would flatter Parquet's encoders).
+        chosen = f"{responses[first_i[i]]}\n\n({vocab[w[3]]} {vocab[w[4]]} {i})"
+        rejected = f"{responses[second_i[i]]}\n\n({vocab[w[5]]} {vocab[w[6]]} {i})"
         k = kinds[i]
         if k == CONTAMINATED:
             text = pools.bench[bench_i[i]]["prompt"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 from synpref_core.io import fs as fsio
 from synpref_core.schema import MESSAGE
-from synpref_core.stages import load_manifest, manifest_files
+from synpref_core.stages import iter_batches
 
 EXPORT_SCHEMA = pa.schema(
     [
@@ -52,16 +52,12 @@ def export_pairs(stage_dir: str, out: str, statuses: list[str] | None = None) ->
 
     Returns the number of rows written.
     """
-    files = manifest_files(load_manifest(stage_dir))
+    batches = iter_batches(stage_dir)  # fails before the output is opened if no manifest
     fs, path = fsio.resolve(out)
     with fsio.AtomicParquetWriter(fs, path, EXPORT_SCHEMA) as writer:
-        for uri in files:
-            in_fs, in_path = fsio.resolve(uri)
-            with in_fs.open_input_file(in_path) as f:
-                for batch in pq.ParquetFile(f).iter_batches(batch_size=10_000):
-                    if statuses:
-                        mask = pa.compute.is_in(batch.column("status"), pa.array(statuses))
-                        batch = batch.filter(mask)
-                    if batch.num_rows:
-                        writer.write(to_trl(batch))
+        for batch in batches:
+            if statuses:
+                batch = batch.filter(pc.is_in(batch.column("status"), pa.array(statuses)))
+            if batch.num_rows:
+                writer.write(to_trl(batch))
     return writer.rows

@@ -11,9 +11,9 @@ same pair gets the same id across re-runs, sources and machines.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Literal
 
+import orjson
 import pyarrow as pa
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -154,19 +154,15 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.cast(schema)
 
 
-def pair_key(conversation: list[dict], chosen: str, rejected: str) -> str:
-    """The canonical text a pair's id hashes: role/content of every message, then both sides."""
-    return json.dumps(
-        [[[m["role"], m["content"]] for m in conversation], chosen, rejected],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+def pair_key(conversation: list[dict], chosen: str, rejected: str) -> bytes:
+    """The canonical bytes a pair's id hashes: compact UTF-8 JSON of
+    ``[[[role, content], ...], chosen, rejected]`` (unambiguous, whatever the text holds)."""
+    return orjson.dumps([[[m["role"], m["content"]] for m in conversation], chosen, rejected])
 
 
 def pair_id(conversation: list[dict], chosen: str, rejected: str) -> str:
     """Content-derived id: 128-bit BLAKE2b of :func:`pair_key`, hex."""
-    key = pair_key(conversation, chosen, rejected)
-    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).hexdigest()
+    return hashlib.blake2b(pair_key(conversation, chosen, rejected), digest_size=16).hexdigest()
 
 
 def empty_attributes() -> dict[str, None]:

@@ -12,9 +12,12 @@ Executors (``synpref_core.executors``) own the loop; stages never import Ray.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar, TypedDict
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from synpref_core.io import fs as fsio
 
@@ -152,3 +155,20 @@ def load_manifest(uri: str) -> dict[str, Any]:
 def manifest_files(manifest: dict[str, Any], kind: str = "data") -> list[str]:
     """Absolute URIs of the manifest's files of one kind, in shard order."""
     return [fsio.join(manifest["_dir"], f["path"]) for f in manifest["files"] if f["kind"] == kind]
+
+
+def iter_batches(
+    stage_dir: str, kind: str = "data", columns: list[str] | None = None, batch_rows: int = 10_000
+) -> Iterator[pa.RecordBatch]:
+    """Stream the record batches of a finished stage's files: memory stays at one batch.
+
+    The manifest is read at once, so a missing or unfinished stage fails here, not mid-stream.
+    """
+    return _stream(manifest_files(load_manifest(stage_dir), kind), columns, batch_rows)
+
+
+def _stream(uris: list[str], columns: list[str] | None, batch_rows: int):
+    for uri in uris:
+        fs, path = fsio.resolve(uri)
+        with fs.open_input_file(path) as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)

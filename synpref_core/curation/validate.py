@@ -12,37 +12,38 @@ from typing import Any
 from synpref_core.ingest.readers import RowError
 
 
-def _strings(draft: dict[str, Any]) -> list[tuple[str, Any]]:
-    named = [("chosen", draft.get("chosen")), ("rejected", draft.get("rejected"))]
-    for i, message in enumerate(draft.get("conversation") or []):
-        named += [
-            (f"conversation[{i}].role", message.get("role")),
-            (f"conversation[{i}].content", message.get("content")),
-        ]
-    return named
-
-
 def validate_draft(draft: dict[str, Any], max_field_chars: int) -> None:
     """Raise RowError if the draft cannot be a valid preference pair."""
     conversation = draft.get("conversation")
-    if not isinstance(conversation, list) or not all(isinstance(m, dict) for m in conversation):
+    if not isinstance(conversation, list):
         raise RowError("wrong_type", "conversation is not a list of messages")
-    named = _strings(draft)
+    named: list[tuple[str, Any]] = [
+        ("chosen", draft.get("chosen")),
+        ("rejected", draft.get("rejected")),
+    ]
+    has_user = False
+    for i, message in enumerate(conversation):
+        if not isinstance(message, dict):
+            raise RowError("wrong_type", f"conversation[{i}] is not a message")
+        role, content = message.get("role"), message.get("content")
+        named += [(f"conversation[{i}].role", role), (f"conversation[{i}].content", content)]
+        has_user = has_user or (role == "user" and isinstance(content, str) and content.strip())
     for name, value in named:
         if not isinstance(value, str):
             raise RowError("wrong_type", f"{name} is {type(value).__name__}, expected a string")
-    for name, value in named:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise RowError("undecodable_text", f"{name} has an unpaired surrogate: {exc}") from exc
-    if not any(m["role"] == "user" and m["content"].strip() for m in conversation):
+        if not value.isascii():  # ASCII text cannot hold surrogates; skip the encode
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise RowError("undecodable_text", f"{name} has an unpaired surrogate") from exc
+    if not has_user:
         raise RowError("empty_prompt", "the conversation has no non-empty user turn")
-    chosen, rejected = draft["chosen"], draft["rejected"]
-    for name, value in (("chosen", chosen), ("rejected", rejected)):
-        if not value.strip():
-            raise RowError("empty_side", f"{name} is empty")
-    if chosen.strip() == rejected.strip():
+    chosen, rejected = draft["chosen"].strip(), draft["rejected"].strip()
+    if not chosen:
+        raise RowError("empty_side", "chosen is empty")
+    if not rejected:
+        raise RowError("empty_side", "rejected is empty")
+    if chosen == rejected:
         raise RowError("identical_sides", "chosen and rejected are the same text")
     for name, value in named:
         if len(value) > max_field_chars:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from synpref_core.io import fs as fsio
@@ -48,7 +49,14 @@ def expand_paths(paths: list[str]) -> list[str]:
     found: list[str] = []
     for path in paths:
         if "://" in path:
-            found.append(path)
+            fs, inner = fsio.resolve(path)
+            kind = fs.get_file_info(inner).type
+            if kind == pafs.FileType.NotFound:
+                raise MalformedInputError(f"{path}: no such file")
+            if kind == pafs.FileType.Directory:
+                found += [f for f in fsio.list_files(path) if f.endswith(INPUT_SUFFIXES)]
+            else:
+                found.append(path)
         elif os.path.isdir(path):
             for root, _dirs, files in os.walk(path):
                 found += [os.path.join(root, f) for f in files if f.endswith(INPUT_SUFFIXES)]

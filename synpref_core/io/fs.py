@@ -16,6 +16,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from synpref_core.schema import conform
+
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a URI or a local path (made absolute)."""
@@ -27,6 +29,16 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 def join(base: str, *parts: str) -> str:
     """Join a URI or path with relative parts (always '/')."""
     return posixpath.join(base, *parts)
+
+
+def list_files(uri: str) -> list[str]:
+    """Every file below a directory URI (recursive), as URIs, sorted."""
+    fs, path = resolve(uri)
+    scheme = uri.split("://", 1)[0] + "://" if "://" in uri else ""
+    if scheme == "file://":
+        scheme = "file://" if path.startswith("/") else "file:///"
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sorted(scheme + i.path for i in infos if i.type == pafs.FileType.File)
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
@@ -71,8 +83,9 @@ class AtomicParquetWriter:
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
+        """Append ``table`` after checking it against the file's schema."""
         if table.num_rows:
-            self._writer.write_table(table)
+            self._writer.write_table(conform(table, self.schema))
             self.rows += table.num_rows
 
     def __enter__(self) -> AtomicParquetWriter:

@@ -79,3 +79,17 @@ def test_file_uri_output_and_manifest_contents(tmp_path):
     assert manifest["schemas"]["data"] and manifest["config_hash"]
     assert sum(f["rows"] for f in manifest["files"] if f["kind"] == "data") == manifest["rows"]
     assert ingest_counts(uri)["rows"] == manifest["rows"] == 2303
+
+
+def test_object_store_style_uri_inputs_are_listed(tmp_path):
+    """Inputs given as a directory URI are listed through the pyarrow filesystem."""
+    (tmp_path / "in").mkdir()
+    write_hh_jsonl(tmp_path / "in")
+    config = IngestConfig(
+        sources=[SourceSpec(format="hh-rlhf", paths=[(tmp_path / "in").as_uri()])],
+        out=str(tmp_path / "out"),
+    )
+    run_ingest(config, progress=False)
+    assert ingest_counts(str(tmp_path / "out"))["input_rows"] == 2312
+    rows = read_dir(tmp_path / "out", "data/*.parquet")
+    assert rows["source_file"][0] == (tmp_path / "in" / "hh.jsonl").as_uri()
