@@ -56,7 +56,7 @@ def _map(stage: Stage, specs: list[dict[str, Any]], todo: list[int], executor: E
     if executor.kind == "ray":
         yield from _map_ray(stage, specs, todo, executor)
     elif executor.workers > 1 and len(todo) > 1:
-        context = multiprocessing.get_context("spawn")
+        context = _pool_context(stage)
         with ProcessPoolExecutor(max_workers=executor.workers, mp_context=context) as pool:
             futures = [pool.submit(stage.execute_shard, i, specs[i]) for i in todo]
             for future in as_completed(futures):
@@ -64,6 +64,18 @@ def _map(stage: Stage, specs: list[dict[str, Any]], todo: list[int], executor: E
     else:
         for index in todo:
             yield stage.execute_shard(index, specs[index])
+
+
+def _pool_context(stage: Stage) -> multiprocessing.context.BaseContext:
+    """forkserver where available: one server process imports the stage's module once and every
+    pool (one per stage) forks its workers from it, instead of each worker starting a fresh
+    interpreter and importing pyarrow/polars/numpy again (spawn). Both avoid forking a process
+    that may hold threads."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([type(stage).__module__])
+    return context
 
 
 def ensure_ray(executor: ExecutorConfig) -> None:

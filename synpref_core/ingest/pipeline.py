@@ -31,6 +31,7 @@ from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec, config
 from synpref_core.curation.decontam import benchmark_ngrams, contaminated_rows, conversation_texts
 from synpref_core.curation.validate import validate_draft
 from synpref_core.executors import run_stage
+from synpref_core.ingest import columnar
 from synpref_core.ingest.formats import ADAPTERS, document_records
 from synpref_core.ingest.readers import (
     MalformedInputError,
@@ -45,7 +46,11 @@ from synpref_core.io import fs as fsio
 from synpref_core.stages import ShardResult, Stage, StageError, load_manifest, part_name
 
 Record = tuple[int, Any, dict[str, Any]]
+Batch = tuple[pa.Table, list[dict], int]  # pairs, rejects, input records read
 NORMALIZE_DIR = "_stages/normalize"  # the ingest stage's directory inside the output
+# The normalize stage's pair files are read once, by dedup, which rewrites them compressed:
+# compressing them too costs more CPU than the extra bytes cost I/O.
+INTERMEDIATE_COMPRESSION = "none"
 
 
 def ingest_identity(config: IngestConfig) -> str:
@@ -147,21 +152,20 @@ class IngestStage(Stage):
             "quarantined": 0,
             "contaminated": 0,
         }
+        # The columnar path handles plain-string `pairs` JSONL shards; it declines (None)
+        # anything else, which the row path below handles.
+        batches = columnar.pairs_batches(self, spec, source) or self._row_batches(source, spec)
         with (
-            fsio.AtomicParquetWriter(fs, fsio.join(root, data_rel), schema.PAIR_SCHEMA) as data,
+            fsio.AtomicParquetWriter(
+                fs, fsio.join(root, data_rel), schema.PAIR_SCHEMA, INTERMEDIATE_COMPRESSION
+            ) as data,
             fsio.AtomicParquetWriter(
                 fs, fsio.join(root, rejects_rel), schema.REJECT_SCHEMA
             ) as rejects,
         ):
-            pairs: list[dict] = []
-            bad: list[dict] = []
-            for row, raw, extra in iter_records(source, spec, self.ingest.batch_rows):
-                counts["input_records"] += 1
-                self._convert(source, spec["path"], row, raw, extra, pairs, bad)
-                if len(pairs) + len(bad) >= self.ingest.batch_rows:
-                    self._flush(source, pairs, bad, data, rejects, counts)
-                    pairs, bad = [], []
-            self._flush(source, pairs, bad, data, rejects, counts)
+            for table, bad, records in batches:
+                counts["input_records"] += records
+                self._flush(source, table, bad, data, rejects, counts)
         return {
             "shard": index,
             "files": [
@@ -175,6 +179,19 @@ class IngestStage(Stage):
             ],
             "counts": counts,
         }
+
+    def _row_batches(self, source: SourceSpec, spec: dict[str, Any]) -> Iterator[Batch]:
+        """(pairs table, rejects, records read) per ``batch_rows`` rows, record by record."""
+        pairs: list[dict] = []
+        bad: list[dict] = []
+        records = 0
+        for row, raw, extra in iter_records(source, spec, self.ingest.batch_rows):
+            records += 1
+            self._convert(source, spec["path"], row, raw, extra, pairs, bad)
+            if len(pairs) + len(bad) >= self.ingest.batch_rows:
+                yield pa.Table.from_pylist(pairs, schema=schema.PAIR_SCHEMA), bad, records
+                pairs, bad, records = [], [], 0
+        yield pa.Table.from_pylist(pairs, schema=schema.PAIR_SCHEMA), bad, records
 
     def _convert(
         self,
@@ -254,47 +271,53 @@ class IngestStage(Stage):
     def _flush(
         self,
         source: SourceSpec,
-        pairs: list[dict],
+        table: pa.Table,
         bad: list[dict],
         data: fsio.AtomicParquetWriter,
         rejects: fsio.AtomicParquetWriter,
         counts: dict[str, int],
     ) -> None:
-        table = pa.Table.from_pylist(pairs, schema=schema.PAIR_SCHEMA)
+        """Decontaminate a batch of pairs, count every outcome, write pairs and rejects."""
+        ngram = self.ingest.decontamination.ngram
         if source.decontaminate and self._benchmark is not None and table.num_rows:
             texts = conversation_texts(table.column("conversation"))
-            hit = contaminated_rows(texts, self._benchmark, self.ingest.decontamination.ngram)
+            hit = contaminated_rows(texts, self._benchmark, ngram)
             if hit.size:
-                mask = np.zeros(table.num_rows, dtype=bool)
-                mask[hit] = True
-                for i in hit:
-                    p = pairs[i]
-                    raw = orjson.dumps(
-                        {k: p[k] for k in ("conversation", "chosen", "rejected")}, default=str
-                    ).decode(errors="replace")
+                cols = [
+                    "conversation",
+                    "chosen",
+                    "rejected",
+                    "source_file",
+                    "source_row",
+                    "pair_id",
+                ]
+                for p in table.select(cols).take(pa.array(hit)).to_pylist():
+                    raw = orjson.dumps({k: p[k] for k in cols[:3]}).decode()
+                    reason = f"shares a {ngram}-gram with a benchmark prompt"
                     bad.append(
                         self._reject(
                             source,
                             p["source_file"],
                             p["source_row"],
                             "contaminated",
-                            f"shares a {self.ingest.decontamination.ngram}-gram "
-                            "with a benchmark prompt",
+                            reason,
                             raw,
                             p["pair_id"],
                         )
                     )
-                table = table.filter(pa.array(~mask))
+                mask = np.ones(table.num_rows, dtype=bool)
+                mask[hit] = False
+                table = table.filter(pa.array(mask))
         for reject in bad:
-            counts[
-                "quarantined" if reject["reason_code"] != "contaminated" else "contaminated"
-            ] += 1
-            if reject["reason_code"] != "contaminated":
-                key = f"quarantined.{reject['reason_code']}"
-                counts[key] = counts.get(key, 0) + 1
+            code = reject["reason_code"]
+            if code == "contaminated":
+                counts["contaminated"] += 1
+            else:
+                counts["quarantined"] += 1
+                counts[f"quarantined.{code}"] = counts.get(f"quarantined.{code}", 0) + 1
         counts["rows"] += table.num_rows
         counts["input_rows"] += table.num_rows + len(bad)
-        data.write(schema.conform(table, schema.PAIR_SCHEMA))
+        data.write(table)
         rejects.write(pa.Table.from_pylist(bad, schema=schema.REJECT_SCHEMA))
 
 
@@ -364,7 +387,13 @@ class DedupStage(Stage):
                 local = drop[(drop >= offset) & (drop < offset + table.num_rows)] - offset
                 keep = np.ones(table.num_rows, dtype=bool)
                 keep[local] = False
-                dup_rows += [self._dup_row(table, int(i), kept_at[int(i) + offset]) for i in local]
+                if local.size:  # one take per batch, not one to_pylist of a whole row per dup
+                    picked = table.select(["source", "source_file", "source_row", "pair_id"])
+                    rows = picked.take(pa.array(local)).to_pylist()
+                    dup_rows += [
+                        self._dup_record(row, kept_at[int(i) + offset])
+                        for row, i in zip(rows, local, strict=True)
+                    ]
                 data.write(table.filter(pa.array(keep)))
                 offset += table.num_rows
         with fsio.AtomicParquetWriter(fs, fsio.join(root, dups_rel), schema.REJECT_SCHEMA) as dw:
@@ -385,8 +414,7 @@ class DedupStage(Stage):
             "counts": counts,
         }
 
-    def _dup_row(self, table: pa.Table, i: int, kept_at: str) -> dict[str, Any]:
-        row = table.slice(i, 1).to_pylist()[0]
+    def _dup_record(self, row: dict[str, Any], kept_at: str) -> dict[str, Any]:
         return {
             "reason_code": "duplicate",
             "reason": f"exact duplicate of the pair at {kept_at}",

@@ -68,18 +68,39 @@ def read_json(fs: pafs.FileSystem, path: str) -> object:
         return json.loads(f.read().decode("utf-8"))
 
 
+# Columns holding long, mostly unique text (pair ids, messages, responses, raw input).
+TEXT_COLUMNS = frozenset({"pair_id", "conversation", "chosen", "rejected", "raw", "reason", "meta"})
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    names = [f.name for f in schema if f.name not in TEXT_COLUMNS]
+    if "conversation" in schema.names:
+        names.append("conversation.list.element.role")
+    return names
+
+
 class AtomicParquetWriter:
     """Append record batches to one Parquet file that appears only on :meth:`close`.
 
     Used as a context manager; an exception inside the block removes the temporary file.
     """
 
-    def __init__(self, fs: pafs.FileSystem, path: str, schema: pa.Schema):
+    def __init__(
+        self, fs: pafs.FileSystem, path: str, schema: pa.Schema, compression: str = "zstd"
+    ):
         fs.create_dir(posixpath.dirname(path), recursive=True)
         self.fs, self.path, self.schema = fs, path, schema
         self._tmp = _tmp_sibling(path)
         self._sink = fs.open_output_stream(self._tmp)
-        self._writer = pq.ParquetWriter(self._sink, schema, compression="zstd")
+        # Dictionaries and min/max statistics only where they pay: not on long unique text,
+        # where the encoder builds a dictionary per page only to fall back to plain.
+        self._writer = pq.ParquetWriter(
+            self._sink,
+            schema,
+            compression=compression,
+            use_dictionary=_dictionary_columns(schema),
+            write_statistics=[f.name for f in schema if f.name not in TEXT_COLUMNS],
+        )
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:

@@ -1,0 +1,91 @@
+"""The columnar fast path for plain-string `pairs` JSONL writes exactly what the row path writes.
+
+The same lines go to two files; the second ends with a blank line, which the fast path declines
+(it numbers rows by line), so that file takes the row path. Every output column but the file name
+must match, and the fast path must actually have been taken for the first file.
+"""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from synpref_core.config import DecontamConfig, IngestConfig, SourceSpec, ValidationConfig
+from synpref_core.ingest import columnar
+from synpref_core.ingest.pipeline import IngestStage, run_ingest
+
+BENCH = "the quick brown fox jumps over the lazy dog near the quiet river bank today"
+ROWS = [
+    {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+    {"prompt": "2+2?", "chosen": "4", "rejected": "5"},  # duplicate
+    {"prompt": "Say hi", "chosen": "", "rejected": "hello"},
+    {"prompt": "Say hi", "chosen": "same", "rejected": " same "},
+    {"prompt": "   ", "chosen": "a", "rejected": "b"},
+    {"prompt": "long", "chosen": "x" * 300, "rejected": "y"},
+    {"prompt": f"Q: {BENCH.upper()}?", "chosen": "ok", "rejected": "no"},
+    {"prompt": 'émoji 🙂 "quotes" \\ back\nslash\ttab', "chosen": "ü", "rejected": "ß"},
+    {"prompt": "extra fields", "chosen": "a", "rejected": "b", "score": 3, "meta": {"k": 1}},
+]
+
+
+def _run(tmp_path, name: str, lines: list[str]):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text(json.dumps({"prompt": BENCH, "chosen": "a", "rejected": "b"}) + "\n")
+    config = IngestConfig(
+        sources=[SourceSpec(format="pairs", paths=[str(path)])],
+        decontamination=DecontamConfig(benchmarks=[SourceSpec(format="pairs", paths=[str(bench)])]),
+        validation=ValidationConfig(max_field_chars=200),
+        out=str(tmp_path / name),
+        batch_rows=4,
+    )
+    run_ingest(config, progress=False)
+    return config, path
+
+
+def _read(out, pattern: str) -> pl.DataFrame:
+    return pl.read_parquet(sorted(out.glob(pattern))).drop("source_file", "run_id")
+
+
+def test_fast_path_equals_row_path(tmp_path):
+    lines = [json.dumps(r, ensure_ascii=False) for r in ROWS]
+    fast_config, _ = _run(tmp_path, "fast", lines)
+    row_config, _ = _run(tmp_path, "rows", [*lines, ""])
+
+    stage = IngestStage(fast_config)
+    assert columnar.pairs_batches(stage, stage.plan()[0], fast_config.sources[0]) is not None
+    stage = IngestStage(row_config)
+    assert columnar.pairs_batches(stage, stage.plan()[0], row_config.sources[0]) is None
+
+    fast, rows = tmp_path / "fast", tmp_path / "rows"
+    for pattern in (
+        "_stages/normalize/data/*",
+        "_stages/normalize/rejects/*",
+        "data/*",
+        "rejects/*",
+    ):
+        a, b = _read(fast, pattern), _read(rows, pattern)
+        if pattern == "rejects/*":  # duplicates name the file of the kept row
+            a, b = a.drop("duplicate_of", "reason"), b.drop("duplicate_of", "reason")
+            assert a["reason_code"].to_list() == ["duplicate"]
+        assert a.equals(b), pattern
+    codes = _read(fast, "_stages/normalize/rejects/*")["reason_code"].to_list()
+    assert sorted(codes) == sorted(
+        ["empty_side", "identical_sides", "empty_prompt", "oversize_field", "contaminated"]
+    )
+
+
+def test_non_string_values_take_the_row_path_and_are_quarantined(tmp_path):
+    lines = [json.dumps(r) for r in ROWS[:1]] + [
+        json.dumps({"prompt": "n", "chosen": 3, "rejected": "b"}),
+        json.dumps({"prompt": "b", "chosen": True, "rejected": "b"}),
+        json.dumps({"prompt": [{"role": "user", "content": "m"}], "chosen": "a", "rejected": "b"}),
+    ]
+    config, _ = _run(tmp_path, "mixed", lines)
+    stage = IngestStage(config)
+    assert columnar.pairs_batches(stage, stage.plan()[0], config.sources[0]) is None
+    rejects = _read(tmp_path / "mixed", "_stages/normalize/rejects/*")
+    assert rejects["reason_code"].to_list() == ["wrong_type", "wrong_type"]
+    assert _read(tmp_path / "mixed", "data/*").height == 2
