@@ -1,7 +1,8 @@
 """Executors: run a stage's unfinished shards locally or on Ray, then write its manifest.
 
 - ``local`` with ``workers=1`` runs shards in this process, in order (debuggable, no start-up).
-- ``local`` with ``workers>1`` uses a spawn process pool on this machine.
+- ``local`` with ``workers>1`` uses a forkserver process pool on this machine (a script
+  using it needs the usual `if __name__ == "__main__":` guard).
 - ``ray`` submits one Ray task per shard to a local Ray (``ray.init()``) or to the cluster at
   ``ray_address``. Ray is imported only here and only when asked for.
 

@@ -356,11 +356,12 @@ class DedupStage(Stage):
         specs = [{"parent_shard": s, "drop": [], "duplicate_of": []} for s in parent["shards"]]
         if not frames:
             return specs
-        every = pl.concat(frames)
-        first = every.filter(pl.col("pair_id").is_first_distinct()).select(
-            "pair_id", kept_at=pl.format("{}:{}", "source_file", "source_row")
-        )
-        dups = every.filter(~pl.col("pair_id").is_first_distinct()).join(first, on="pair_id")
+        every = pl.concat(frames).with_columns(first=pl.col("pair_id").is_first_distinct())
+        dups = every.filter(~pl.col("first"))
+        # Where each duplicated pair was kept; formatted only for the ids that repeat.
+        kept = every.filter(pl.col("first") & pl.col("pair_id").is_in(dups["pair_id"].implode()))
+        kept = kept.select("pair_id", kept_at=pl.format("{}:{}", "source_file", "source_row"))
+        dups = dups.join(kept, on="pair_id")
         for (shard,), group in dups.sort("shard", "row").group_by("shard", maintain_order=True):
             specs[shard]["drop"] = group["row"].to_list()
             specs[shard]["duplicate_of"] = group["kept_at"].to_list()
