@@ -155,6 +155,57 @@ def export(
     Console().print(f"wrote {rows:,} pairs to {out}")
 
 
+@app.command("eval")
+def eval_(
+    data: Annotated[list[str], typer.Argument(help="Benchmark files, globs or directories.")],
+    model: Annotated[str, typer.Option(help="Reward model directory (Hugging Face format).")],
+    fmt: Annotated[str, typer.Option("--format", help="Benchmark format (see `ingest`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    out: Annotated[
+        str | None, typer.Option(help="Keep pairs, scores and eval.json here (default: temp).")
+    ] = None,
+    max_length: Annotated[int, typer.Option(help="Tokens per (prompt, response).")] = 256,
+) -> None:
+    """Score a benchmark with a reward model: accuracy per subset beside a length baseline."""
+    import tempfile
+
+    from synpref_core.ingest.readers import MalformedInputError
+    from synpref_core.rm.evaluate import EVAL_FORMATS, EvaluationError, evaluate
+    from synpref_core.stages import StageError
+
+    if fmt not in EVAL_FORMATS:
+        raise _fail(f"unknown format {fmt!r}; choose one of {', '.join(EVAL_FORMATS)}")
+    missing = [p for p in data if "://" not in p and not any(c in p for c in "*?[")]
+    missing = [p for p in missing if not Path(p).exists()]
+    if missing:
+        raise _fail(f"{missing[0]}: no such file")
+    if not Path(model).is_dir():
+        raise _fail(f"{model}: no such model directory")
+    with tempfile.TemporaryDirectory(prefix="synpref-eval-") as scratch:
+        try:
+            result = evaluate(model, fmt, data, out or scratch, max_length=max_length)
+        except (EvaluationError, MalformedInputError, StageError, OSError) as exc:
+            raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{fmt}: overall {_pct(result['overall'])}, {result['count']} pairs")
+    table.add_column("subset")
+    table.add_column("accuracy", justify="right")
+    table.add_column("length baseline", justify="right")
+    table.add_column("pairs", justify="right")
+    for name, block in result["subsets"].items():
+        table.add_row(
+            name, _pct(block["accuracy"]), _pct(block["length_baseline"]), f"{block['count']:,}"
+        )
+    table.add_row("overall", _pct(result["overall"]), _pct(result["length_baseline"]), "")
+    Console().print(table)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     app()

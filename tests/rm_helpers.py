@@ -1,0 +1,33 @@
+"""A tiny real reward model for tests: a 2-layer BERT built from a config (random weights) with
+the bundled MiniLM tokenizer, saved as a plain Hugging Face directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from synpref_core.rm.model import load_tokenizer
+
+
+def tiny_model_dir(directory: Path, seed: int = 0) -> Path:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    path = directory / "tiny-rm"
+    if (path / "config.json").exists():
+        return path
+    tokenizer = load_tokenizer()
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
