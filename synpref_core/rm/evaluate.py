@@ -398,54 +398,6 @@ def score_results(table: pa.Table | pl.DataFrame, fmt: str) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# scoring with a model
-
-
-def _score(
-    model: Any,
-    tokenizer: Any,
-    conversations: Sequence[Sequence[dict]],
-    chosen: Sequence[str],
-    rejected: Sequence[str],
-    max_length: int,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards of chosen and rejected (a minimal stand-in for ``rm.scoring.score_table``).
-
-    Every (conversation, response) is encoded, sequences are sorted by length, and batches are
-    filled up to ``token_budget`` padded tokens; the model runs in inference mode.
-    """
-    import torch
-
-    from synpref_core.rm.model import encode
-
-    n = len(chosen)
-    ids = encode(tokenizer, [*conversations, *conversations], [*chosen, *rejected], max_length)
-    order = sorted(range(len(ids)), key=lambda k: len(ids[k]), reverse=True)
-    rewards = np.zeros(len(ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-    model.eval()
-    start = 0
-    with torch.inference_mode():
-        while start < len(order):
-            longest = max(len(ids[order[start]]), 1)
-            size = max(1, token_budget // longest)
-            batch = order[start : start + size]
-            start += len(batch)
-            input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, k in enumerate(batch):
-                seq = torch.tensor(ids[k], dtype=torch.long)
-                span = slice(longest - len(seq), longest) if left else slice(0, len(seq))
-                input_ids[row, span] = seq
-                mask[row, span] = 1
-            logits = model(input_ids=input_ids, attention_mask=mask).logits
-            rewards[batch] = logits[:, 0].float().cpu().numpy()
-    return rewards[:n], rewards[n:]
-
-
 def _read_pairs(stage_dir: str) -> pa.Table:
     from synpref_core.stages import iter_batches
 
@@ -493,6 +445,7 @@ def evaluate(
     (``MalformedInputError``, ``StageError``) for missing or malformed files.
     """
     from synpref_core.rm.model import load_reward_model
+    from synpref_core.rm.scoring import score_table
 
     if fmt not in SCORERS:
         raise EvaluationError(f"unknown format {fmt!r}; choose one of {', '.join(EVAL_FORMATS)}")
@@ -501,7 +454,7 @@ def evaluate(
     counts = ingest_benchmark(fmt, paths, str(out / "pairs"))
     pairs = _read_pairs(str(out / "pairs"))
     model, tokenizer = load_reward_model(str(model_dir))
-    r_chosen, r_rejected = _score(
+    r_chosen, r_rejected = score_table(
         model,
         tokenizer,
         pairs.column("conversation").to_pylist(),

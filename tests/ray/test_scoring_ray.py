@@ -1,0 +1,86 @@
+"""Scoring on Ray actors gives exactly the local executor's numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from synpref_core.config import ExecutorConfig
+from synpref_core.rm import scoring
+from synpref_core.rm.scoring import THREADS_ENV, ScoreConfig, ScoreStage, ScoreWorker, score_pairs
+from synpref_core.stages import load_manifest
+from tests.unit.test_scoring import MAX_LENGTH, pairs_dir, tiny  # noqa: F401 (fixtures)
+
+
+def _config(pairs: str, model: str, out: str) -> ScoreConfig:
+    return ScoreConfig(
+        model=model,
+        max_length=MAX_LENGTH,
+        token_budget=512,
+        pairs=pairs,
+        out=out,
+        actors=2,
+        batch_rows=16,
+    )
+
+
+def _scores(directory) -> pl.DataFrame:
+    return pl.read_parquet(sorted(directory.glob("data/*.parquet")))
+
+
+def _portable(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in ("config", "_dir")}
+
+
+@pytest.mark.slow
+def test_local_and_ray_scores_are_identical(
+    pairs_dir,  # noqa: F811
+    tiny,  # noqa: F811
+    tmp_path,
+    ray_local,
+    monkeypatch,
+):
+    # Float sums split across threads round differently, so the numbers are a function of the
+    # thread count too: bit-for-bit equal at equal counts, within float32 rounding otherwise.
+    # Each Ray actor gets cpus_per_shard = 1 CPU, hence 1 thread; the local run is pinned to 1.
+    default = score_pairs(_config(pairs_dir, tiny, str(tmp_path / "default")), progress=False)
+    monkeypatch.setenv(THREADS_ENV, "1")
+    local = score_pairs(_config(pairs_dir, tiny, str(tmp_path / "local")), progress=False)
+    monkeypatch.delenv(THREADS_ENV)
+    ray_config = _config(pairs_dir, tiny, str(tmp_path / "ray"))
+    on_ray = score_pairs(ray_config, ExecutorConfig(kind="ray"), progress=False)
+
+    assert _portable(load_manifest(on_ray)) == _portable(load_manifest(local))
+    assert _scores(tmp_path / "ray").equals(_scores(tmp_path / "local"))
+    assert load_manifest(default)["counts"] == load_manifest(on_ray)["counts"]
+    for column in ("r_chosen", "r_rejected", "p"):
+        np.testing.assert_allclose(
+            _scores(tmp_path / "default")[column].to_numpy(),
+            _scores(tmp_path / "ray")[column].to_numpy(),
+            rtol=0,
+            atol=1e-6,
+        )
+
+    # A finished run on Ray starts no actor and rewrites the same manifest.
+    again = score_pairs(ray_config, ExecutorConfig(kind="ray"), progress=False)
+    assert load_manifest(again) == load_manifest(on_ray)
+
+
+@pytest.mark.slow
+def test_an_actor_loads_the_model_once(pairs_dir, tiny, tmp_path, ray_local):  # noqa: F811
+    def models_and_threads(worker: ScoreWorker) -> tuple[list[int], int]:  # runs in the actor
+        return [id(model) for model, _ in scoring._MODELS.values()], torch.get_num_threads()
+
+    stage = ScoreStage(_config(pairs_dir, tiny, str(tmp_path / "one")), threads=1)
+    actor = ray_local.remote(num_cpus=1)(ScoreWorker).remote(stage)
+    loaded, _ = ray_local.get(actor.__ray_call__.remote(models_and_threads))
+    specs = stage.plan()
+    for index, spec in enumerate(specs):
+        ray_local.get(actor.execute_shard.remote(index, spec))
+    after, threads = ray_local.get(actor.__ray_call__.remote(models_and_threads))
+    ray_local.kill(actor)
+    assert len(loaded) == 1 and after == loaded  # loaded at start, the same model for all shards
+    assert threads == 1
+    assert all(stage.finished_result(i) is not None for i in range(len(specs)))

@@ -1,0 +1,162 @@
+"""Scoring with a tiny real reward model over pairs from the real ingest pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import torch
+from pydantic import ValidationError
+
+from synpref_core.config import IngestConfig, SourceSpec
+from synpref_core.ingest.pipeline import run_ingest
+from synpref_core.rm import scoring
+from synpref_core.rm.model import encode
+from synpref_core.rm.scoring import (
+    SCORE_SCHEMA,
+    ScoreConfig,
+    cached_reward_model,
+    plan_batches,
+    score_pairs,
+    score_sequences,
+    score_table,
+)
+from synpref_core.stages import load_manifest
+from tests.ingest_helpers import DATA
+from tests.rm_helpers import tiny_model_dir
+
+MAX_LENGTH = 64  # short, so many sequences are truncated and batches get several widths
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory) -> str:
+    """Real pairs in 3 shards (~230 pairs): OffsetBias and two LLMBar subsets."""
+    llmbar = DATA / "llmbar" / "Dataset" / "LLMBar"
+    config = IngestConfig(
+        sources=[
+            SourceSpec(format="offsetbias", paths=[str(DATA / "offsetbias")]),
+            SourceSpec(
+                format="llmbar",
+                paths=[str(llmbar / "Natural"), str(llmbar / "Adversarial" / "GPTOut")],
+            ),
+        ],
+        out=str(tmp_path_factory.mktemp("pairs") / "ingest"),
+    )
+    out = run_ingest(config, progress=False)
+    return out.rsplit("/", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return str(tiny_model_dir(tmp_path_factory.mktemp("rm")))
+
+
+def _pairs(pairs_dir: str, n: int) -> pl.DataFrame:
+    return pl.read_parquet(sorted(Path(pairs_dir).glob("data/*.parquet"))).head(n)
+
+
+def test_batched_rewards_equal_one_sequence_at_a_time(pairs_dir, tiny):
+    model, tokenizer = cached_reward_model(tiny, MAX_LENGTH)
+    pairs = _pairs(pairs_dir, 40)
+    sequences = encode(tokenizer, pairs["conversation"].to_list(), pairs["chosen"], MAX_LENGTH)
+    sequences += encode(tokenizer, pairs["conversation"].to_list(), pairs["rejected"], MAX_LENGTH)
+    assert len({len(s) for s in sequences}) > 10  # widths really differ
+    batched = score_sequences(model, tokenizer, sequences, token_budget=4 * MAX_LENGTH)
+    with torch.inference_mode():  # no padding, no mask: the reference
+        single = [model(input_ids=torch.tensor([s])).logits[0, 0].item() for s in sequences]
+    assert batched.dtype == np.float64
+    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5)
+
+    r_chosen, r_rejected = score_table(
+        model,
+        tokenizer,
+        pairs["conversation"].to_list(),
+        pairs["chosen"].to_list(),
+        pairs["rejected"].to_list(),
+        MAX_LENGTH,
+        token_budget=1024,
+    )
+    np.testing.assert_allclose(np.concatenate([r_chosen, r_rejected]), single, rtol=0, atol=1e-5)
+
+
+def test_batches_keep_to_the_token_budget():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=1000)
+    batches = plan_batches(lengths, token_budget=1024)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))  # each exactly once
+    for batch in batches:
+        assert lengths[batch].max() * len(batch) <= 1024
+    widths = [lengths[b].max() for b in batches]
+    assert widths == sorted(widths, reverse=True)  # sorted: padding only within a bucket
+    padding = sum(lengths[b].max() * len(b) - lengths[b].sum() for b in batches)
+    assert padding < 0.05 * lengths.sum()
+    # A sequence longer than the budget still runs, alone.
+    assert [len(b) for b in plan_batches(np.array([5, 50, 5]), token_budget=20)] == [1, 2]
+
+
+def test_config_is_strict():
+    with pytest.raises(ValidationError, match="token_budget"):
+        ScoreConfig(pairs="x", max_length=512, token_budget=256)
+    with pytest.raises(ValidationError, match="extra"):
+        ScoreConfig(pairs="x", max_lenght=128)
+
+
+def test_stage_scores_every_pair_and_reruns_only_missing_shards(pairs_dir, tiny, tmp_path):
+    config = ScoreConfig(
+        model=tiny,
+        max_length=MAX_LENGTH,
+        token_budget=512,
+        pairs=pairs_dir,
+        out=str(tmp_path / "scores"),
+        batch_rows=16,  # several record batches per shard
+    )
+    manifest = load_manifest(score_pairs(config, progress=False))
+    pairs_manifest = load_manifest(pairs_dir)
+    files = sorted((tmp_path / "scores" / "data").glob("*.parquet"))
+    assert manifest["num_shards"] == pairs_manifest["num_shards"] == len(files) == 3
+    assert manifest["rows"] == manifest["counts"]["rows"] == pairs_manifest["rows"] > 200
+    assert manifest["parents"] == [f"{pairs_dir}/manifest.json"]
+    for file in files:
+        assert pq.read_schema(file).remove_metadata().equals(SCORE_SCHEMA)
+
+    scores = pl.read_parquet(files)
+    pairs = _pairs(pairs_dir, pairs_manifest["rows"])
+    assert scores["pair_id"].to_list() == pairs["pair_id"].to_list()  # input order, all rows
+    diff = scores["r_chosen"].to_numpy() - scores["r_rejected"].to_numpy()
+    np.testing.assert_allclose(scores["p"].to_numpy(), 1 / (1 + np.exp(-diff)), rtol=1e-12)
+    tokens = scores.select("chosen_tokens", "rejected_tokens").to_numpy()
+    assert tokens.max() == MAX_LENGTH and tokens.min() > 0
+    assert manifest["counts"]["tokens"] == tokens.sum()
+    model, tokenizer = cached_reward_model(tiny, MAX_LENGTH)
+    r_chosen, _ = score_table(
+        model,
+        tokenizer,
+        pairs["conversation"].to_list(),
+        pairs["chosen"].to_list(),
+        pairs["rejected"].to_list(),
+        MAX_LENGTH,
+        4096,
+    )
+    np.testing.assert_allclose(scores["r_chosen"].to_numpy(), r_chosen, rtol=0, atol=1e-5)
+
+    # Remove one finished shard: only it is recomputed, with the same model object.
+    stamps = {f.name: f.stat().st_mtime_ns for f in files}
+    files[1].unlink()
+    again = load_manifest(score_pairs(config, progress=False))
+    changed = [f.name for f in files if f.stat().st_mtime_ns != stamps[f.name]]
+    assert changed == [files[1].name]
+    assert again == manifest
+    assert pl.read_parquet(files).equals(scores)
+    assert cached_reward_model(tiny, MAX_LENGTH)[0] is model
+    assert [k for k in scoring._MODELS if k[0] == tiny] == [(tiny, MAX_LENGTH)]
+
+
+def test_threads_come_from_the_env_then_the_cpus_given(monkeypatch):
+    monkeypatch.delenv(scoring.THREADS_ENV, raising=False)
+    assert scoring.torch_threads(None) is None  # torch's default
+    assert scoring.torch_threads(0.5) == 1 and scoring.torch_threads(4.0) == 4
+    monkeypatch.setenv(scoring.THREADS_ENV, "3")
+    assert scoring.torch_threads(1.0) == 3
