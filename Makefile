@@ -32,8 +32,10 @@ test: install  ## the whole suite (unit, Ray, Prefect flow end to end)
 test-fast: install  ## unit tests only
 	$(BIN)/pytest -q -m "not slow"
 
-bench: install  ## benchmarks/ (ratios against an in-run baseline)
+bench: install  ## benchmarks/ (ratios against an in-run baseline; see benchmarks/README.md)
 	$(BIN)/python -m benchmarks.bench_ingest
+	$(BIN)/python -m benchmarks.bench_scoring
+	$(BIN)/python -m benchmarks.bench_training
 
 lint: install
 	$(BIN)/ruff check .
