@@ -15,7 +15,7 @@ ingest pipeline) and the same max length (256), in one process, one after the ot
 - **bound, bf16** (for information, not a synpref setting): the same, with the weights cast to
   bfloat16, to show what lower precision would buy and what it costs in accuracy.
 
-    .venv/bin/python -m benchmarks.bench_scoring               # 600 pairs, ~3-4 min here
+    .venv/bin/python -m benchmarks.bench_scoring               # 600 pairs, 3 to 5 min here
     .venv/bin/python -m benchmarks.bench_scoring --pairs 150   # quick check
 
 Results: a Markdown table on stdout and ``benchmarks/results/scoring.json``.
@@ -24,6 +24,7 @@ Results: a Markdown table on stdout and ``benchmarks/results/scoring.json``.
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import json
 import os
@@ -41,9 +42,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from synpref_core.rm.scoring import ScoreConfig
+from synpref_core.config import IngestConfig, SourceSpec
+from synpref_core.ingest.pipeline import run_ingest
+from synpref_core.rm.model import encode, render
+from synpref_core.rm.scoring import (
+    DEFAULT_TOKEN_BUDGET,
+    ScoreConfig,
+    cached_reward_model,
+    plan_batches,
+    score_pairs,
+)
+from synpref_core.stages import load_manifest, manifest_files
 
-DEFAULT_BUDGET = ScoreConfig.model_fields["token_budget"].default
 RESULTS = Path(__file__).resolve().parent / "results"
 HH = Path(__file__).resolve().parents[1] / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 MAX_LENGTH = 256
@@ -60,9 +70,6 @@ LABELS = {
 
 def prepare_pairs(n: int, tmp: Path) -> str:
     """The first ``n`` hh-rlhf records through the real ingest (a few may be quarantined)."""
-    from synpref_core.config import IngestConfig, SourceSpec
-    from synpref_core.ingest.pipeline import run_ingest
-
     lines = gzip.decompress(HH.read_bytes()).splitlines(keepends=True)[:n]
     source = tmp / "hh.jsonl"
     source.write_bytes(b"".join(lines))
@@ -73,20 +80,16 @@ def prepare_pairs(n: int, tmp: Path) -> str:
 
 
 def read_pairs(pairs_dir: str) -> pa.Table:
-    from synpref_core.stages import load_manifest, manifest_files
-
     files = manifest_files(load_manifest(pairs_dir))
     return pa.concat_tables(
         pq.read_table(f, columns=["conversation", "chosen", "rejected"]) for f in files
     )
 
 
-# -- the three implementations -----------------------------------------------------------------
+# -- the implementations -----------------------------------------------------------------------
 
 
 def run_naive(model: Any, tokenizer: Any, pairs: pa.Table) -> dict[str, Any]:
-    from synpref_core.rm.model import render
-
     conversations = pairs["conversation"].to_pylist()
     rewards = []
     for side in ("chosen", "rejected"):
@@ -113,8 +116,6 @@ def run_naive(model: Any, tokenizer: Any, pairs: pa.Table) -> dict[str, Any]:
 
 
 def run_synpref(pairs_dir: str, out: str, token_budget: int) -> dict[str, Any]:
-    from synpref_core.rm.scoring import score_pairs
-
     config = ScoreConfig(pairs=pairs_dir, out=out, max_length=MAX_LENGTH, token_budget=token_budget)
     score_pairs(config, progress=False)
     scores = pq.read_table(sorted(Path(out, "data").glob("*.parquet")))
@@ -122,14 +123,11 @@ def run_synpref(pairs_dir: str, out: str, token_budget: int) -> dict[str, Any]:
     lengths = np.concatenate(
         [scores["chosen_tokens"].to_numpy(), scores["rejected_tokens"].to_numpy()]
     )
-    return {"rewards": rewards, "lengths": lengths}
+    return {"rewards": rewards, "lengths": lengths, "token_budget": token_budget}
 
 
 def prepare_bound(tokenizer: Any, pairs: pa.Table, token_budget: int) -> list[dict]:
     """Tokenized, length-sorted, padded batches: everything but the forward passes."""
-    from synpref_core.rm.model import encode
-    from synpref_core.rm.scoring import plan_batches
-
     conversations = pairs["conversation"].to_pylist()
     sequences = encode(tokenizer, conversations, pairs["chosen"].to_pylist(), MAX_LENGTH)
     sequences += encode(tokenizer, conversations, pairs["rejected"].to_pylist(), MAX_LENGTH)
@@ -180,15 +178,11 @@ def timed(fn, *args) -> tuple[dict[str, Any], dict[str, float]]:
 
 
 def benchmark(n: int, token_budget: int, repeat: int) -> dict[str, Any]:
-    import copy
-
-    from synpref_core.rm.scoring import cached_reward_model
-
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
         pairs_dir = prepare_pairs(n, Path(tmp))
         pairs = read_pairs(pairs_dir)
         start = time.perf_counter()
-        model, tokenizer = cached_reward_model("minilm", MAX_LENGTH)  # the one all three use
+        model, tokenizer = cached_reward_model("minilm", MAX_LENGTH)  # the one they all use
         load_s = time.perf_counter() - start
         bf16 = copy.deepcopy(model).to(torch.bfloat16)
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in LABELS}
@@ -196,7 +190,7 @@ def benchmark(n: int, token_budget: int, repeat: int) -> dict[str, Any]:
         warm = prepare_bound(tokenizer, pairs.slice(0, 8), token_budget)
         run_bound(model, warm)  # first-call set-up of the kernels, outside every timing
         run_bound(bf16, warm)
-        for r in range(repeat):  # interleaved, so drifting load hits all three alike
+        for r in range(repeat):  # interleaved, so drifting load hits them all alike
             outputs["naive"], t = timed(run_naive, model, tokenizer, pairs)
             runs["naive"].append(t)
             out = str(Path(tmp, f"scores-{r}"))
@@ -207,6 +201,12 @@ def benchmark(n: int, token_budget: int, repeat: int) -> dict[str, Any]:
             runs["bound"].append({**t, "prepare_s": prep["wall_s"]})
             outputs["bound_bf16"], t = timed(run_bound, bf16, batches)
             runs["bound_bf16"].append(t)
+    return {**summarize(runs, outputs), "pairs": len(pairs), "records": n, "model_load_s": load_s}
+
+
+def summarize(runs: dict[str, list[dict]], outputs: dict[str, dict]) -> dict[str, Any]:
+    """Figures per implementation (median and best wall time, tokens, agreement) and ratios."""
+    pairs = len(outputs["synpref"]["lengths"]) // 2
     lengths = outputs["synpref"]["lengths"]
     outputs["synpref"]["computed_tokens"] = outputs["bound"]["computed_tokens"]  # same batches
     spread = float(np.std(outputs["synpref"]["rewards"]))
@@ -218,7 +218,7 @@ def benchmark(n: int, token_budget: int, repeat: int) -> dict[str, Any]:
             "wall_s": median,
             "wall_s_runs": [t["wall_s"] for t in timings],
             "wall_s_min": min(t["wall_s"] for t in timings),
-            "pairs_per_s": len(pairs) / median,
+            "pairs_per_s": pairs / median,
             "computed_tokens": outputs[name]["computed_tokens"],
             "max_abs_diff_vs_synpref": float(np.abs(outputs[name]["rewards"] - reference).max()),
             "cores_used": statistics.median(t["cores_used"] for t in timings),
@@ -234,14 +234,11 @@ def benchmark(n: int, token_budget: int, repeat: int) -> dict[str, Any]:
         return statistics.median(o["wall_s"] / s["wall_s"] for o, s in walls)
 
     return {
-        "pairs": len(pairs),
-        "records": n,
         "max_length": MAX_LENGTH,
-        "token_budget": token_budget,
+        "token_budget": outputs["synpref"]["token_budget"],
         "naive_batch": NAIVE_BATCH,
-        "repeat": repeat,
+        "repeat": len(runs["synpref"]),
         "torch_threads": torch.get_num_threads(),
-        "model_load_s": load_s,
         "real_tokens": int(lengths.sum()),
         "mean_tokens": float(lengths.mean()),
         "at_max_length": float((lengths == MAX_LENGTH).mean()),
@@ -326,7 +323,9 @@ def report(res: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=600, help="hh-rlhf records to ingest")
-    parser.add_argument("--token-budget", type=int, default=DEFAULT_BUDGET, help="tokens per batch")
+    parser.add_argument(
+        "--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET, help="tokens per batch"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs of each")
     parser.add_argument("--json", type=Path, default=RESULTS / "scoring.json")
     args = parser.parse_args()

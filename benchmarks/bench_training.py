@@ -13,7 +13,7 @@ Data: the bundled hh-rlhf harmless test split (real pairs), ingested by synpref,
 2. The ``cpu`` profile end to end: ``train_reward_model`` with 2 Ray Train workers on ``--pairs``
    pairs, 1 epoch, a gold eval at the end; wall time with and without starting Ray.
 
-    .venv/bin/python -m benchmarks.bench_training             # both (about 4 minutes here)
+    .venv/bin/python -m benchmarks.bench_training             # both (about 5 minutes here)
     .venv/bin/python -m benchmarks.bench_training --skip-e2e  # only the DeepSpeed/torch ratio
     .venv/bin/python -m benchmarks.bench_training --skip-ratio --repeat 3  # only the cpu profile
 

@@ -49,6 +49,9 @@ from synpref_core.stages import ShardResult, Stage, load_manifest, part_name
 log = logging.getLogger(__name__)
 
 THREADS_ENV = "SYNPREF_TORCH_THREADS"
+# Padded tokens per forward pass. 4,096 measured fastest for MiniLM on CPU (benchmarks/README.md,
+# "Scoring"): bigger batches outgrow the caches. On a GPU, raise it until the device is full.
+DEFAULT_TOKEN_BUDGET = 4096
 INPUT_COLUMNS = ["pair_id", "conversation", "chosen", "rejected"]
 
 SCORE_SCHEMA = pa.schema(
@@ -68,10 +71,8 @@ class ScoreConfig(StrictModel):
 
     model: str = Field(DEFAULT_BACKBONE, description="Reward model: a name or a path.")
     max_length: int = Field(256, ge=8, description="Tokens per sequence; the start is cut.")
-    # 4,096 measured fastest for MiniLM on CPU (benchmarks/README.md, "Scoring"): bigger batches
-    # spill the caches. On a GPU, raise it to fill the device.
     token_budget: int = Field(
-        4096, ge=8, description="Most tokens (padding included) in one forward pass."
+        DEFAULT_TOKEN_BUDGET, ge=8, description="Most tokens (padding included) per forward pass."
     )
     pairs: str = Field(description="Input: a finished pair stage (its directory or manifest).")
     out: str = Field(str(DEFAULT_HOME / "scores"), description="Output directory or URI.")

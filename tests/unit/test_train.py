@@ -86,7 +86,7 @@ def test_train_config_forbids_unknown_fields_and_names_them():
 
 def test_profiles_resolve_by_device_and_explicit_fields_win():
     cpu = resolve_profile(TrainConfig(train_manifest="x"))
-    assert (cpu.max_length, cpu.trainable_layers) == (128, 1)
+    assert (cpu.max_length, cpu.trainable_layers) == (96, 1)
     full = resolve_profile(TrainConfig(train_manifest="x", use_gpu=True))
     assert (full.max_length, full.trainable_layers, full.bf16) == (256, None, True)
     mine = resolve_profile(TrainConfig(train_manifest="x", max_length=64, trainable_layers=0))
