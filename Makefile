@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast bench lint format server worker clean
+.PHONY: install demo flow-ingest flow-train-rm flow-evaluate test test-fast bench lint format server worker clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ install: $(STAMP)
 
 demo: install  ## ingest the bundled real datasets (Prefect flow on local Ray, MLflow on SQLite)
 	$(BIN)/python -m flows.ingest
+
+flow-ingest: demo
+
+flow-train-rm: install  ## train MiniLM on 80% of bundled hh-rlhf harmless, register, evaluate
+	$(BIN)/python -m flows.train_rm
+
+flow-evaluate: install  ## score a model on the bundled benchmarks: make flow-evaluate MODEL=dir
+	$(BIN)/python -m flows.evaluate $(if $(MODEL),--model $(MODEL))
 
 test: install  ## the whole suite (unit, Ray, Prefect flow end to end)
 	$(BIN)/pytest -q

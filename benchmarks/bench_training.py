@@ -77,17 +77,13 @@ def prepare_data(work: Path, pairs: int) -> tuple[str, str]:
 def child_main(args: argparse.Namespace) -> None:
     import torch
 
+    from synpref_core.rm.data import collate, encode_pairs, micro_batches, pair_lengths, read_shard
     from synpref_core.rm.loss import bt_loss
     from synpref_core.rm.model import load_reward_model
     from synpref_core.rm.train import (
         TrainConfig,
-        collate,
         disable_dropout,
-        encode_pairs,
         freeze_lower_layers,
-        micro_batches,
-        pair_lengths,
-        read_shard,
         resolve_profile,
     )
 

@@ -152,7 +152,8 @@ def load_config(path: str | Path, model: type[ModelT]) -> ModelT:
         raise ConfigError(f"{path}: invalid config:\n{exc}") from exc
 
 
-def config_hash(config: BaseModel) -> str:
+def config_hash(config: BaseModel | dict) -> str:
     """Stable hash of a config's content (sorted JSON), 16 hex digits."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -64,6 +64,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET  # padded tokens per forward pass
+
 PAIRWISE_FORMATS: tuple[str, ...] = (
     "pairs",
     "hh-rlhf",
@@ -94,7 +96,6 @@ SCORED_COLUMNS: tuple[str, ...] = (
     "r_chosen",
     "r_rejected",
 )
-DEFAULT_TOKEN_BUDGET = 16_384  # padded tokens per forward pass
 
 
 class EvaluationError(ValueError):

@@ -42,8 +42,15 @@ def load_tokenizer(name_or_path: str = DEFAULT_BACKBONE) -> Any:
     return tokenizer
 
 
-def load_reward_model(name_or_path: str = DEFAULT_BACKBONE, dtype: Any = None) -> tuple[Any, Any]:
-    """(model, tokenizer): a one-output sequence classifier and its tokenizer."""
+def load_reward_model(
+    name_or_path: str = DEFAULT_BACKBONE, dtype: Any = None, seed: int = 0
+) -> tuple[Any, Any]:
+    """(model, tokenizer): a one-output sequence classifier and its tokenizer.
+
+    Weights the checkpoint lacks (the score head of a bare backbone) are initialised from
+    ``seed`` alone, whatever the caller's random state (which is left as it was): every process
+    loading the same backbone with the same seed gets the same head, and scores the same."""
+    import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -52,9 +59,11 @@ def load_reward_model(name_or_path: str = DEFAULT_BACKBONE, dtype: Any = None) -
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the new head is "missing" from a backbone: expected
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=dtype, local_files_only=Path(path).exists()
-        )
+        with torch.random.fork_rng(devices=[]):  # weights are created on the CPU
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, dtype=dtype, local_files_only=Path(path).exists()
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id

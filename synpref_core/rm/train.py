@@ -2,7 +2,7 @@
 checkpoint by gold accuracy exported as a plain Hugging Face directory (DESIGN §4).
 
     result = train_reward_model(TrainConfig(train_manifest=..., gold_manifest=...), executor)
-    version = register_model(result, config, train_manifest, tracking)
+    version = register_model(result, config, train_manifest, tracking)  # rm/registry.py
 
 Locally (embedded default) this starts a local Ray and trains on its CPU workers with DeepSpeed's
 CPU accelerator; at scale set ``executor.ray_address``, ``use_gpu=True`` and a preset from
@@ -28,24 +28,23 @@ fine-tuning at 256 tokens runs at ~2 pairs/s per core, about 8× slower.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from synpref_core.config import (
-    DEFAULT_HOME,
-    ExecutorConfig,
-    StrictModel,
-    TrackingConfig,
-    config_hash,
+from synpref_core.config import DEFAULT_HOME, ExecutorConfig, StrictModel, config_hash
+from synpref_core.rm.data import (
+    collate,
+    encode_pairs,
+    micro_batches,
+    pair_lengths,
+    read_shard,
+    score_pairs,
 )
 
-PAIR_COLUMNS = ["conversation", "chosen", "rejected"]
 CHECKPOINTS_KEPT = 2  # the latest (to resume) and the one before it, in case the latest is torn
-MODEL_NAME = "synpref-rm"
-LENGTH_WINDOW = 16  # micro-batches sorted by length together: less padding, still shuffled
+MODEL_NAME = "synpref-rm"  # the MLflow registered model (synpref_core.rm.registry)
 EVAL_BATCH_FACTOR = 2  # eval batches hold 2× the training micro-batch (no activations kept)
 
 
@@ -53,7 +52,9 @@ class TrainConfig(StrictModel):
     """One reward-model training run. ``None`` means: the profile's or preset's value."""
 
     # -- data --------------------------------------------------------------------------------
-    train_manifest: str = Field(description="Pair stage to train on (its dir or manifest.json).")
+    train_manifest: str = Field(
+        "", description="Pair stage to train on (dir or manifest.json); the train_rm flow sets it."
+    )
     gold_manifest: str | None = Field(
         None, description="Human-verified pairs scored at each eval; None: the last is the best."
     )
@@ -181,67 +182,6 @@ def disable_dropout(model: Any) -> None:
             module.p = 0.0
 
 
-def read_shard(manifest: str, rank: int, world_size: int) -> tuple[Any, int]:
-    """(this rank's rows ``rank::world_size`` of a pair manifest, total rows), streamed."""
-    import pyarrow as pa
-
-    from synpref_core.stages import iter_batches
-
-    parts, offset = [], 0
-    for batch in iter_batches(manifest, columns=PAIR_COLUMNS):
-        first = (rank - offset) % world_size
-        parts.append(batch.take(pa.array(range(first, batch.num_rows, world_size))))
-        offset += batch.num_rows
-    if not offset:
-        raise ValueError(f"{manifest}: no pairs")
-    return pa.Table.from_batches(parts), offset
-
-
-def pair_lengths(table: Any) -> Any:
-    """A cheap length per pair for batching: characters of the conversation plus the longer
-    side (a proxy for tokens that needs no tokenizer pass over the data)."""
-    import numpy as np
-    import pyarrow.compute as pc
-
-    conversation = table["conversation"]
-    content = pc.utf8_length(pc.struct_field(pc.list_flatten(conversation), "content"))
-    parents = pc.list_parent_indices(conversation).to_numpy()
-    history = np.bincount(parents, weights=content.to_numpy(), minlength=table.num_rows)
-    sides = np.maximum(pc.utf8_length(table["chosen"]), pc.utf8_length(table["rejected"]))
-    return history + np.asarray(sides, dtype=np.float64)
-
-
-def epoch_order(lengths: Any, micro: int, usable: int, seed: int, epoch: int) -> Any:
-    """Row order of one epoch: a seeded permutation cut to ``usable`` rows, sorted by length
-    within windows of ``LENGTH_WINDOW`` micro-batches (less padding; TRL's group_by_length)."""
-    import numpy as np
-
-    order = np.random.default_rng([seed, epoch]).permutation(len(lengths))[:usable]
-    window = micro * LENGTH_WINDOW
-    for first in range(0, usable, window):
-        chunk = order[first : first + window]
-        order[first : first + window] = chunk[np.argsort(-lengths[chunk], kind="stable")]
-    return order
-
-
-def micro_batches(
-    lengths: Any, micro: int, accum: int, seed: int, start_step: int, total_steps: int
-) -> Iterator[tuple[int, bool, list[int]]]:
-    """(optimizer step, last micro-batch of the step?, row indices) of every micro-batch from
-    ``start_step`` on (resuming mid-epoch skips what the epoch already used). The tail of an
-    epoch that does not fill an optimizer step is dropped, so every rank steps together."""
-    per_epoch = len(lengths) // micro // accum
-    order, epoch_of_order = None, -1
-    for step in range(start_step, total_steps):
-        epoch, index = divmod(step, per_epoch)
-        if epoch != epoch_of_order:
-            order = epoch_order(lengths, micro, per_epoch * accum * micro, seed, epoch)
-            epoch_of_order = epoch
-        for k in range(accum):
-            first = (index * accum + k) * micro
-            yield step, k == accum - 1, order[first : first + micro].tolist()
-
-
 def best_entry(history: list[dict]) -> dict | None:
     """The checkpoint to keep: highest gold accuracy, the earliest on ties; without gold
     accuracies, the latest."""
@@ -249,48 +189,6 @@ def best_entry(history: list[dict]) -> dict | None:
     if not scored:
         return history[-1] if history else None
     return max(scored, key=lambda h: h["gold_accuracy"])  # max keeps the first of equals
-
-
-def encode_pairs(
-    tokenizer: Any, table: Any, max_length: int
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of the chosen and of the rejected side of every pair in ``table``."""
-    from synpref_core.rm.model import encode
-
-    rows = table.to_pydict()
-    conversations = rows["conversation"]
-    return (
-        encode(tokenizer, conversations, rows["chosen"], max_length),
-        encode(tokenizer, conversations, rows["rejected"], max_length),
-    )
-
-
-def collate(tokenizer: Any, chosen: list[list[int]], rejected: list[list[int]]) -> dict:
-    """Chosen then rejected sides as one right-padded batch (rewards split at ``len(chosen)``)."""
-    return dict(tokenizer.pad({"input_ids": chosen + rejected}, return_tensors="pt"))
-
-
-def score_pairs(
-    model: Any, tokenizer: Any, chosen: list, rejected: list, batch: int, batches: int
-) -> tuple[list[float], list[float]]:
-    """(chosen, rejected) rewards of encoded pairs from the plain model, batched by length, in
-    exactly ``batches`` forward passes (re-scoring a pair once the pairs run out): under ZeRO-3
-    every rank must join every forward."""
-    import torch
-
-    device = next(model.parameters()).device
-    order = sorted(range(len(chosen)), key=lambda i: max(len(chosen[i]), len(rejected[i])))
-    scores = [[0.0, 0.0] for _ in chosen]
-    with torch.no_grad():
-        for b in range(batches):
-            indices = order[b * batch : (b + 1) * batch]
-            rows = indices or order[:1]
-            inputs = collate(tokenizer, [chosen[i] for i in rows], [rejected[i] for i in rows])
-            rewards = model(**{k: v.to(device) for k, v in inputs.items()}).logits[:, 0]
-            rewards = rewards.float().view(2, len(rows)).T.tolist()
-            for i, pair in zip(indices, rewards, strict=False):
-                scores[i] = pair
-    return [c for c, _ in scores], [r for _, r in scores]
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -379,13 +277,11 @@ class Gold(NamedTuple):
 
 
 def _load_model(config: TrainConfig, profile: Profile) -> tuple[Any, Any]:
-    """The reward model (head seeded alike on every rank), its profile applied, no dropout."""
-    import torch
-
+    """The reward model (a new head seeded alike on every rank), its profile applied, no
+    dropout."""
     from synpref_core.rm.model import load_reward_model
 
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_reward_model(config.model)
+    model, tokenizer = load_reward_model(config.model, seed=config.seed)
     freeze_lower_layers(model, profile.trainable_layers)
     disable_dropout(model)
     if config.gradient_checkpointing:
@@ -497,6 +393,8 @@ def train_reward_model(config: TrainConfig, executor: ExecutorConfig | None = No
 
     from synpref_core.executors import ensure_ray
 
+    if not config.train_manifest:
+        raise ValueError("TrainConfig.train_manifest is empty: name the pair stage to train on")
     model = config.model if not Path(config.model).exists() else _absolute(config.model)
     config = config.model_copy(
         update={
@@ -532,46 +430,3 @@ def train_reward_model(config: TrainConfig, executor: ExecutorConfig | None = No
         resumed_from=metrics["resumed_from"],
         checkpoint=result.checkpoint.path if result.checkpoint else None,
     )
-
-
-def register_model(
-    result: TrainResult,
-    config: TrainConfig,
-    train_manifest: str,
-    tracking: TrackingConfig,
-    name: str = MODEL_NAME,
-) -> int:
-    """Log the run to MLflow (config as params, the loss/accuracy history as metrics, the best
-    Hugging Face directory as a logged model) and register it as a new version of ``name``.
-
-    The model's artifacts are the plain HF files: ``mlflow.artifacts.download_artifacts(
-    f"models:/{name}/{version}")`` gives a directory ``from_pretrained`` loads."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from synpref_core import tracking as track
-
-    manifest = train_manifest if train_manifest.endswith(".json") else train_manifest.rstrip("/")
-    manifest = manifest if manifest.endswith(".json") else manifest + "/manifest.json"
-    tags = {
-        "synpref.train_manifest": manifest,
-        "synpref.config_hash": config_hash(config),
-        "synpref.best_step": str(result.best_step),
-    }
-    with track.start_run(tracking, run_name=f"train-rm-{config_hash(config)}", tags=tags):
-        track.log_config(config)
-        for entry in result.history:
-            values = {"loss": entry.loss}
-            if entry.gold_accuracy is not None:
-                values["gold_accuracy"] = entry.gold_accuracy
-            mlflow.log_metrics(values, step=entry.step)
-        summary = {"tokens_per_s": result.tokens_per_s, "steps": float(result.steps)}
-        if result.best_gold_accuracy is not None:
-            summary["best_gold_accuracy"] = result.best_gold_accuracy
-        mlflow.log_metrics(summary)
-        track.log_manifest(manifest)
-        logged = mlflow.initialize_logged_model(name="model", model_type="reward-model", tags=tags)
-        MlflowClient().log_model_artifacts(logged.model_id, result.best_dir)
-        mlflow.finalize_logged_model(logged.model_id, "READY")
-        version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags)
-    return int(version.version)

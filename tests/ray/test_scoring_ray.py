@@ -84,3 +84,16 @@ def test_an_actor_loads_the_model_once(pairs_dir, tiny, tmp_path, ray_local):  #
     assert len(loaded) == 1 and after == loaded  # loaded at start, the same model for all shards
     assert threads == 1
     assert all(stage.finished_result(i) is not None for i in range(len(specs)))
+
+
+@pytest.mark.slow
+def test_actors_that_reserve_more_gpus_than_there_are_fail_at_once(
+    pairs_dir,  # noqa: F811
+    tiny,  # noqa: F811
+    tmp_path,
+    ray_local,
+):
+    # 64 GPUs per actor fit on no local machine: an error naming them, not a shard held forever.
+    config = _config(pairs_dir, tiny, str(tmp_path / "gpu")).model_copy(update={"num_gpus": 64})
+    with pytest.raises(RuntimeError, match="64 GPUs each"):
+        score_pairs(config, ExecutorConfig(kind="ray"), progress=False)

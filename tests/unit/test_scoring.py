@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,12 @@ from pydantic import ValidationError
 from synpref_core.config import IngestConfig, SourceSpec
 from synpref_core.ingest.pipeline import run_ingest
 from synpref_core.rm import scoring
-from synpref_core.rm.model import encode
+from synpref_core.rm.model import encode, load_reward_model, load_tokenizer
 from synpref_core.rm.scoring import (
     SCORE_SCHEMA,
     ScoreConfig,
     cached_reward_model,
+    model_fingerprint,
     plan_batches,
     score_pairs,
     score_sequences,
@@ -102,6 +104,16 @@ def test_config_is_strict():
         ScoreConfig(pairs="x", max_length=512, token_budget=256)
     with pytest.raises(ValidationError, match="extra"):
         ScoreConfig(pairs="x", max_lenght=128)
+    with pytest.raises(ValidationError, match="device"):
+        ScoreConfig(pairs="x", device="tpu")
+    with pytest.raises(ValidationError, match="dtype"):
+        ScoreConfig(pairs="x", dtype="int8")
+    with pytest.raises(ValidationError, match="num_gpus"):
+        ScoreConfig(pairs="x", num_gpus=-1)
+    with pytest.raises(ValidationError, match="num_gpus"):
+        ScoreConfig(pairs="x", device="cpu", num_gpus=1)
+    gpu = ScoreConfig(pairs="x", device="cuda", dtype="bfloat16", num_gpus=0.5)
+    assert (gpu.device, gpu.dtype, gpu.num_gpus) == ("cuda", "bfloat16", 0.5)
 
 
 def test_stage_scores_every_pair_and_reruns_only_missing_shards(pairs_dir, tiny, tmp_path):
@@ -151,7 +163,87 @@ def test_stage_scores_every_pair_and_reruns_only_missing_shards(pairs_dir, tiny,
     assert again == manifest
     assert pl.read_parquet(files).equals(scores)
     assert cached_reward_model(tiny, MAX_LENGTH)[0] is model
-    assert [k for k in scoring._MODELS if k[0] == tiny] == [(tiny, MAX_LENGTH)]
+    keys = [k for k in scoring._MODELS if k[0] == tiny]
+    assert keys == [(tiny, MAX_LENGTH, model_fingerprint(tiny), "cpu", "float32")]
+
+
+def _mtimes(directory: Path) -> dict[str, int]:
+    return {f.name: f.stat().st_mtime_ns for f in sorted(directory.glob("data/*.parquet"))}
+
+
+def test_new_weights_at_the_same_path_are_scored_anew(pairs_dir, tmp_path):
+    model_dir = tiny_model_dir(tmp_path / "a", seed=0)
+    other = tiny_model_dir(tmp_path / "b", seed=1)
+    config = ScoreConfig(
+        model=str(model_dir), max_length=MAX_LENGTH, pairs=pairs_dir, out=str(tmp_path / "s")
+    )
+    first = load_manifest(score_pairs(config, progress=False))
+    scores, stamps = pl.read_parquet(tmp_path / "s" / "data"), _mtimes(tmp_path / "s")
+
+    shutil.copytree(other, model_dir, dirs_exist_ok=True)  # new weights, same path
+    second = load_manifest(score_pairs(config, progress=False))
+    rescored = pl.read_parquet(tmp_path / "s" / "data")
+    assert second["run_id"] != first["run_id"]
+    assert all(_mtimes(tmp_path / "s")[name] != stamp for name, stamp in stamps.items())
+    assert rescored["pair_id"].equals(scores["pair_id"])
+    assert not np.allclose(rescored["r_chosen"].to_numpy(), scores["r_chosen"].to_numpy())
+    model, _ = cached_reward_model(str(model_dir), MAX_LENGTH)  # the new weights, in memory too
+    reference = load_reward_model(str(other))[0]
+    assert torch.equal(model.classifier.weight, reference.classifier.weight)
+    assert len([k for k in scoring._MODELS if k[0] == str(model_dir)]) == 1  # the old dropped
+
+    # The same weights written again (new mtimes, same bytes): nothing to do.
+    stamps = _mtimes(tmp_path / "s")
+    shutil.rmtree(model_dir)
+    shutil.copytree(other, model_dir)
+    assert load_manifest(score_pairs(config, progress=False)) == second
+    assert _mtimes(tmp_path / "s") == stamps
+
+
+def test_explicit_cpu_float32_scores_equal_the_default(pairs_dir, tiny, tmp_path):
+    def scores(name: str, **options) -> pl.DataFrame:
+        out = str(tmp_path / name)
+        config = ScoreConfig(model=tiny, max_length=MAX_LENGTH, pairs=pairs_dir, out=out, **options)
+        score_pairs(config, progress=False)
+        return pl.read_parquet(Path(out) / "data")
+
+    default = scores("default")
+    assert scores("explicit", device="cpu", dtype="float32").equals(default)  # bit for bit
+    model, _ = cached_reward_model(tiny, MAX_LENGTH)
+    assert model.device.type == "cpu" and model.dtype == torch.float32
+
+
+def _bare_backbone(directory: Path) -> str:
+    """A tiny BERT without a classification head, as a pretrained backbone is shipped."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = load_tokenizer()
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def test_a_new_head_depends_on_the_seed_only(tmp_path):
+    backbone = _bare_backbone(tmp_path / "bare")
+    torch.manual_seed(1)
+    first = load_reward_model(backbone)[0].classifier.weight
+    torch.manual_seed(2)  # another caller state, as in another process
+    state = torch.random.get_rng_state()
+    second = load_reward_model(backbone)[0].classifier.weight
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's state is untouched
+    assert torch.equal(first, second) and first.abs().sum() > 0
+    other = load_reward_model(backbone, seed=1)[0].classifier.weight
+    assert not torch.equal(first, other)
+    cached = cached_reward_model(backbone, MAX_LENGTH)[0].classifier.weight
+    assert torch.equal(cached, first)  # scoring: the seed-0 head, in every process
 
 
 def test_threads_come_from_the_env_then_the_cpus_given(monkeypatch):

@@ -11,8 +11,24 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec, TrackingConfig
+from synpref_core import tracking as track
+from synpref_core.config import (
+    ExecutorConfig,
+    IngestConfig,
+    SourceSpec,
+    TrackingConfig,
+    config_hash,
+)
+from synpref_core.rm.data import (
+    encode_pairs,
+    epoch_order,
+    micro_batches,
+    pair_lengths,
+    read_shard,
+    score_pairs,
+)
 from synpref_core.rm.loss import bt_loss
+from synpref_core.rm.registry import register_model
 from synpref_core.rm.strategy import (
     StrategyError,
     build_deepspeed_config,
@@ -25,15 +41,9 @@ from synpref_core.rm.train import (
     TrainResult,
     _interleave,
     best_entry,
-    encode_pairs,
-    epoch_order,
     freeze_lower_layers,
-    micro_batches,
-    pair_lengths,
-    register_model,
     resolve_profile,
     run_identity,
-    score_pairs,
 )
 from tests.conftest import DATA, REPO
 from tests.rm_helpers import tiny_model_dir
@@ -276,7 +286,6 @@ def test_score_pairs_batches_by_length_but_returns_pairs_in_order(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     from synpref_core.rm.model import load_tokenizer
-    from synpref_core.rm.train import read_shard
 
     manifest = _ingest(tmp_path, "offsetbias", DATA / "offsetbias", "ob")
     table, total = read_shard(manifest, 0, 1)
@@ -293,19 +302,13 @@ def test_score_pairs_batches_by_length_but_returns_pairs_in_order(tmp_path):
 # -- MLflow ----------------------------------------------------------------------------------
 
 
-def test_register_model_logs_run_and_registers_plain_hf_directory(tmp_path):
-    import mlflow
-    from transformers import AutoModelForSequenceClassification
-
-    manifest = _ingest(tmp_path, "offsetbias", DATA / "offsetbias", "ob")
-    best = tiny_model_dir(tmp_path)
-    config = TrainConfig(train_manifest=manifest.rsplit("/", 1)[0], out=str(tmp_path / "rm"))
+def _result(best_dir: Path) -> TrainResult:
     history = [
         TrainEntry(step=2, loss=0.69, gold_accuracy=0.5),
         TrainEntry(step=4, loss=0.6, gold_accuracy=0.6),
     ]
-    result = TrainResult(
-        best_dir=str(best),
+    return TrainResult(
+        best_dir=str(best_dir),
         best_gold_accuracy=0.6,
         best_step=4,
         steps=4,
@@ -314,14 +317,26 @@ def test_register_model_logs_run_and_registers_plain_hf_directory(tmp_path):
         resumed_from=0,
         checkpoint=None,
     )
+
+
+def test_register_model_logs_run_and_registers_plain_hf_directory(tmp_path):
+    import mlflow
+    from transformers import AutoModelForSequenceClassification
+
+    manifest = _ingest(tmp_path, "offsetbias", DATA / "offsetbias", "ob")
+    config = TrainConfig(train_manifest=manifest.rsplit("/", 1)[0], out=str(tmp_path / "rm"))
+    result = _result(tiny_model_dir(tmp_path))
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     version = register_model(result, config, config.train_manifest, tracking, name="rm-test")
     assert version == 1
     assert register_model(result, config, config.train_manifest, tracking, name="rm-test") == 2
+    assert mlflow.active_run() is None  # its own runs, ended
 
     client = mlflow.MlflowClient()
     registered = client.get_model_version("rm-test", "1")
     assert registered.tags["synpref.train_manifest"] == manifest
+    assert registered.tags["synpref.config_hash"] == config_hash(config)
+    assert "synpref.gold_manifest" not in registered.tags
     run = client.get_run(registered.run_id)
     assert run.data.params["lr"] == "null" and run.data.tags["synpref.best_step"] == "4"
     accuracy = client.get_metric_history(run.info.run_id, "gold_accuracy")
@@ -330,3 +345,50 @@ def test_register_model_logs_run_and_registers_plain_hf_directory(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(local)
     assert model.config.num_labels == 1
     assert not (Path(local) / "MLmodel").exists()  # the plain HF files, nothing added
+
+
+def test_register_model_logs_into_the_active_run_and_leaves_it_open(tmp_path):
+    """As in the train_rm flow: the flow's run holds its own config.json and params; the model
+    goes into that run without touching them, tagged with both manifests."""
+    import mlflow
+    from transformers import AutoModelForSequenceClassification
+
+    train = _ingest(tmp_path, "offsetbias", DATA / "offsetbias", "train")
+    gold = _ingest(tmp_path, "llmbar", DATA / "llmbar" / "Dataset" / "LLMBar" / "Natural", "gold")
+    config = TrainConfig(train_manifest=train, gold_manifest=gold, out=str(tmp_path / "rm"))
+    best = tiny_model_dir(tmp_path)
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    flow_config = {"out": str(tmp_path), "training": {"lr": None}}
+    with track.start_run(tracking, run_name="train_rm") as outer:
+        mlflow.log_params({"out": str(tmp_path)})
+        mlflow.log_dict(flow_config, "config.json")
+        version = register_model(
+            _result(best), config, train, tracking, name="rm-flow", gold_manifest=gold
+        )
+        assert mlflow.active_run().info.run_id == outer.info.run_id  # not ended
+    run_id = outer.info.run_id
+
+    client = mlflow.MlflowClient()
+    registered = client.get_model_version("rm-flow", str(version))
+    assert registered.run_id == run_id
+    expected = {
+        "synpref.train_manifest": train,
+        "synpref.gold_manifest": gold,
+        "synpref.config_hash": config_hash(config),
+    }
+    assert expected.items() <= registered.tags.items()
+    logged = client.get_logged_model(registered.source.removeprefix("models:/"))
+    assert logged.source_run_id == run_id and expected.items() <= logged.tags.items()
+    assert [r.info.run_id for r in client.search_runs([outer.info.experiment_id])] == [run_id]
+    run = client.get_run(run_id)
+    assert run.data.params["out"] == str(tmp_path)  # the flow's, untouched
+    assert run.data.params["rm.out"] == config.out
+    assert mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json") == flow_config
+    assert mlflow.artifacts.load_dict(f"runs:/{run_id}/rm/config.json")["gold_manifest"] == gold
+    artifacts = [a.path for a in client.list_artifacts(run_id, "manifests/train")]
+    assert artifacts == ["manifests/train/manifest.json"]
+
+    local = mlflow.artifacts.download_artifacts(f"models:/rm-flow/{version}")
+    model = AutoModelForSequenceClassification.from_pretrained(local)
+    reference = AutoModelForSequenceClassification.from_pretrained(best)
+    assert torch.equal(model.classifier.weight, reference.classifier.weight)

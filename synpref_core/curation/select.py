@@ -1,0 +1,133 @@
+"""Select a subset of a pair stage: by status, by source, and by a deterministic hash split.
+
+    train = SelectConfig(input=ingested, out=".synpref/train", sources=["hh-rlhf-harmless"],
+                         split=(0.0, 0.8))
+    held_out = train.model_copy(update={"out": ".synpref/held-out", "split": (0.8, 1.0)})
+
+The split is a function of ``pair_id`` (content-derived) and ``seed`` alone: a pair lands on the
+same side on every machine and every re-run, whatever the shard layout or the row order, and the
+two halves of complementary ranges never overlap. Training, held-out evaluation and the gold set of
+checkpoint selection are all selections of one ingested stage, so lineage stays in manifests.
+
+Every input row is accounted for: ``rows + not_selected = input_rows``, per shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field, model_validator
+
+from synpref_core import schema
+from synpref_core.config import StrictModel, config_hash
+from synpref_core.io import fs as fsio
+from synpref_core.schema import Status
+from synpref_core.stages import ShardResult, Stage, load_manifest, part_name
+
+HASH_BUCKETS = 1 << 32  # split resolution: fractions are exact to ~2e-10
+
+
+class PairFilter(StrictModel):
+    """Which pairs to keep; every filter left at None keeps everything."""
+
+    statuses: list[Status] | None = Field(None, description="Keep these curation statuses.")
+    sources: list[str] | None = Field(None, description="Keep these source names.")
+    split: tuple[float, float] = Field(
+        (0.0, 1.0), description="Keep pairs whose hash falls in [lo, hi) of [0, 1)."
+    )
+    seed: int = Field(0, ge=0, description="Salt of the split hash: another seed, another split.")
+
+    @model_validator(mode="after")
+    def _check_split(self) -> PairFilter:
+        lo, hi = self.split
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"split must satisfy 0 <= lo < hi <= 1, got {self.split}")
+        return self
+
+
+class SelectConfig(PairFilter):
+    """A :class:`PairFilter` applied to the pair stage ``input``, written to ``out``."""
+
+    input: str = Field(description="Pair stage to select from (its dir or manifest.json).")
+    out: str = Field(description="Output stage directory.")
+    batch_rows: int = Field(10_000, ge=1)
+
+
+def split_position(pair_ids: pa.Array, seed: int) -> np.ndarray:
+    """Each pair's place in [0, 1): a seeded hash of its id (stable across runs and machines)."""
+    # Arrow has no stable hash kernel; a seeded 4-byte BLAKE2b per id costs ~1 µs.
+    salt = str(seed).encode()
+    values = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(i.encode(), digest_size=4, salt=salt).digest())
+            for i in pair_ids.to_pylist()
+        ),
+        dtype=np.uint64,
+        count=len(pair_ids),
+    )
+    return values.astype(np.float64) / HASH_BUCKETS
+
+
+def select_mask(table: pa.Table, config: PairFilter) -> np.ndarray:
+    """Boolean mask of the rows ``config`` keeps."""
+    keep = np.ones(table.num_rows, dtype=bool)
+    if config.statuses is not None:
+        keep &= pc.is_in(table["status"], pa.array(config.statuses)).to_numpy(zero_copy_only=False)
+    if config.sources is not None:
+        keep &= pc.is_in(table["source"], pa.array(config.sources)).to_numpy(zero_copy_only=False)
+    if config.split != (0.0, 1.0):
+        position = split_position(table["pair_id"].combine_chunks(), config.seed)
+        keep &= (position >= config.split[0]) & (position < config.split[1])
+    return keep
+
+
+class SelectStage(Stage):
+    """One output shard per data file of the input stage, filtered by :func:`select_mask`."""
+
+    name = "select"
+
+    def __init__(self, config: SelectConfig):
+        identity = config.model_dump(mode="json", exclude={"out", "batch_rows"})
+        parent = load_manifest(config.input)
+        # The parent's run id makes the identity follow the input's content, not only its path.
+        identity["input_run"] = parent["run_id"]
+        super().__init__(
+            out=config.out,
+            config=config.model_dump(mode="json"),
+            config_hash=config_hash(identity),
+            parents=[config.input],
+        )
+        self.select = config
+        self.parent = parent
+
+    def schemas(self) -> dict[str, str]:
+        return {"data": schema.fingerprint(schema.PAIR_SCHEMA)}
+
+    def plan(self) -> list[dict[str, Any]]:
+        files = [f for f in self.parent["files"] if f["kind"] == "data"]
+        return [{"file": fsio.join(self.parent["_dir"], f["path"])} for f in files]
+
+    def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
+        fs, root = fsio.resolve(self.out)
+        rel = f"data/{part_name(index)}.parquet"
+        in_fs, in_path = fsio.resolve(spec["file"])
+        seen = 0
+        with (
+            fsio.AtomicParquetWriter(fs, fsio.join(root, rel), schema.PAIR_SCHEMA) as out,
+            in_fs.open_input_file(in_path) as f,
+        ):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=self.select.batch_rows):
+                table = pa.Table.from_batches([batch])
+                out.write(table.filter(pa.array(select_mask(table, self.select))))
+                seen += table.num_rows
+        counts = {"input_rows": seen, "rows": out.rows, "not_selected": seen - out.rows}
+        return {
+            "shard": index,
+            "files": [{"path": rel, "kind": "data", "rows": out.rows, "bytes": out.size()}],
+            "counts": counts,
+        }

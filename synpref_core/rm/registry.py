@@ -1,0 +1,95 @@
+"""The MLflow model registry for trained reward models: log a training result and register its
+best model as a new version.
+
+    version = register_model(result, config, train_manifest, tracking, gold_manifest=gold)
+    local = mlflow.artifacts.download_artifacts(f"models:/synpref-rm/{version}")
+    AutoModelForSequenceClassification.from_pretrained(local)  # the plain HF files
+
+Inside an active MLflow run (a flow's run) everything goes into that run, which stays open;
+otherwise a run of its own is started on ``tracking``. The logged model and the registered
+version are tagged with the training manifest, the gold manifest and the config hash, so a
+version names the data it was trained and selected on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from synpref_core.config import TrackingConfig, config_hash
+from synpref_core.rm.train import MODEL_NAME, TrainConfig, TrainResult
+
+# In a run of its own the config is the run's config (top-level params, ``config.json``); in a
+# flow's run those names are the flow's, so the training config goes under this prefix.
+NESTED_PREFIX = "rm"
+
+
+def register_model(
+    result: TrainResult,
+    config: TrainConfig,
+    train_manifest: str,
+    tracking: TrackingConfig,
+    name: str = MODEL_NAME,
+    gold_manifest: str | None = None,
+) -> int:
+    """Log the training (config as params, the loss/accuracy history as metrics, the training
+    manifest as an artifact, the best Hugging Face directory as a logged model) and register
+    it as a new version of ``name``; returns the version number.
+
+    Logs into the active MLflow run when there is one (``tracking`` is then unused, and the
+    run is left open); otherwise in a new run on ``tracking``, ended on return."""
+    import mlflow
+
+    from synpref_core import tracking as track
+
+    manifest = _manifest_uri(train_manifest)
+    tags = {
+        "synpref.train_manifest": manifest,
+        "synpref.config_hash": config_hash(config),
+        "synpref.best_step": str(result.best_step),
+    }
+    if gold_manifest is not None:
+        tags["synpref.gold_manifest"] = _manifest_uri(gold_manifest)
+
+    if mlflow.active_run() is not None:
+        mlflow.set_tags(tags)
+        data = config.model_dump(mode="json")
+        mlflow.log_params(track.flatten(NESTED_PREFIX, data, {}))
+        mlflow.log_dict(data, f"{NESTED_PREFIX}/config.json")
+        return _log_and_register(result, manifest, tags, name)
+    with track.start_run(tracking, run_name=f"train-rm-{config_hash(config)}", tags=tags):
+        track.log_config(config)
+        return _log_and_register(result, manifest, tags, name)
+
+
+def _log_and_register(result: TrainResult, manifest: str, tags: dict[str, str], name: str) -> int:
+    """Into the active run: metrics, the manifest, the logged model, then its registered version
+    (whose ``run_id`` is the active run's)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from synpref_core import tracking as track
+
+    for entry in result.history:
+        values = {"loss": entry.loss}
+        if entry.gold_accuracy is not None:
+            values["gold_accuracy"] = entry.gold_accuracy
+        mlflow.log_metrics(values, step=entry.step)
+    summary = {"tokens_per_s": result.tokens_per_s, "steps": float(result.steps)}
+    if result.best_gold_accuracy is not None:
+        summary["best_gold_accuracy"] = result.best_gold_accuracy
+    mlflow.log_metrics(summary)
+    track.log_manifest(manifest)
+    logged = mlflow.initialize_logged_model(name="model", model_type="reward-model", tags=tags)
+    MlflowClient().log_model_artifacts(logged.model_id, result.best_dir)
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+    version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags)
+    return int(version.version)
+
+
+def _manifest_uri(stage: str) -> str:
+    """The manifest.json URI of a stage given its directory or its manifest; local paths are
+    made absolute, so the tag still names the file when read from elsewhere."""
+    uri = stage if stage.endswith(".json") else stage.rstrip("/") + "/manifest.json"
+    if "://" in uri:
+        return uri
+    return str(Path(uri).resolve())
