@@ -201,7 +201,12 @@ def main() -> None:
         "models": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    path = RESULTS / "quality.json"
+    if path.exists():  # keep the other profiles' rows from earlier runs on the same split
+        earlier = json.loads(path.read_text())
+        if earlier.get("train_pairs") == report["train_pairs"]:
+            rows = report["models"] = {**earlier["models"], **rows}
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"\ntrained on {report['train_pairs']} pairs; accuracy % [95% CI]\n")
     print("| model | eval set | pairs | accuracy | length baseline |")
     print("|---|---|---:|---:|---:|")
