@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo flow-ingest flow-train-rm flow-evaluate test test-fast bench lint format server worker clean
+.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-evaluate test test-fast bench lint format server worker clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ flow-ingest: demo
 flow-train-rm: install  ## train MiniLM on 80% of bundled hh-rlhf harmless, register, evaluate
 	$(BIN)/python -m flows.train_rm
 
+flow-retrieve: install  ## one retrieval round with the latest registered RM: make flow-retrieve ROUND=2
+	$(BIN)/python -m flows.retrieve $(if $(ROUND),--round $(ROUND))
+
 flow-evaluate: install  ## score a model on the bundled benchmarks: make flow-evaluate MODEL=dir
 	$(BIN)/python -m flows.evaluate $(if $(MODEL),--model $(MODEL))
 
@@ -44,6 +47,8 @@ bench: install  ## benchmarks/ (ratios against an in-run baseline; see benchmark
 	$(BIN)/python -m benchmarks.bench_ingest
 	$(BIN)/python -m benchmarks.bench_scoring
 	$(BIN)/python -m benchmarks.bench_training
+	$(BIN)/python -m benchmarks.bench_retrieval
+	$(BIN)/python -m benchmarks.bench_quality
 
 lint: install
 	$(BIN)/ruff check .

@@ -93,3 +93,37 @@ def _manifest_uri(stage: str) -> str:
     if "://" in uri:
         return uri
     return str(Path(uri).resolve())
+
+
+class ModelNotFoundError(LookupError):
+    """No registered reward model matches; the message says how to make one."""
+
+
+def resolve_model(model: str | None, name: str, tracking: TrackingConfig, cache: Path) -> str:
+    """A local directory for ``model``: a path or hub name as given; ``models:/NAME/VERSION``
+    (or None: the latest version of ``name``) downloaded once under ``cache``."""
+    if model is not None and not model.startswith("models:/"):
+        return model
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from synpref_core import tracking as track
+
+    mlflow.set_tracking_uri(track.resolve_uri(tracking))
+    if model is None:
+        try:
+            versions = MlflowClient().search_model_versions(f"name = '{name}'")
+        except MlflowException as exc:
+            raise ModelNotFoundError(f"cannot list versions of {name!r}: {exc}") from exc
+        if not versions:
+            raise ModelNotFoundError(
+                f"no registered model {name!r} in {track.resolve_uri(tracking)}: train one with "
+                "`make flow-train-rm` (python -m flows.train_rm) or give a model directory"
+            )
+        model = f"models:/{name}/{max(int(v.version) for v in versions)}"
+    target = Path(cache) / model.removeprefix("models:/").replace("/", "-")
+    if not (target / "config.json").exists():
+        target.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(model, dst_path=str(target))
+    return str(target.resolve())

@@ -19,4 +19,4 @@ def test_deployment_entrypoints_are_flows():
         target = getattr(module, attr)
         assert isinstance(target, Flow), deployment["name"]
         names.add(target.name)
-    assert {"ingest", "train_rm", "evaluate"} <= names
+    assert {"ingest", "train_rm", "retrieve", "evaluate"} <= names

@@ -1,4 +1,4 @@
-"""The README's flow config example is a valid config (docs that cannot rot silently)."""
+"""The README's flow config examples are valid configs (docs that cannot rot silently)."""
 
 import re
 from pathlib import Path
@@ -6,13 +6,25 @@ from pathlib import Path
 import yaml
 
 from flows.ingest import IngestFlowConfig
+from flows.retrieve import RetrieveFlowConfig
+from flows.train_rm import TrainRMFlowConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_readme_yaml_example_validates():
+def _blocks() -> list[dict]:
     blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README has no yaml example"
-    config = IngestFlowConfig.model_validate(yaml.safe_load(blocks[0]))
+    return [yaml.safe_load(block) for block in blocks]
+
+
+def test_readme_yaml_examples_validate():
+    ingest, train_rm, retrieve = _blocks()
+    config = IngestFlowConfig.model_validate(ingest)
     assert config.ingest.sources[0].fields.prompt == "question"
     assert config.runtime.executor.kind == "ray"
+    train = TrainRMFlowConfig.model_validate(train_rm)
+    assert train.train_on.split == (0.0, 0.8) and train.gold_on.statuses == ["gold"]
+    assert train.training.profile == "cpu" and train.benchmarks == []
+    round_ = RetrieveFlowConfig.model_validate(retrieve)
+    assert round_.round == 2 and round_.retrieval.filters == {"objectivity": "objective"}
+    assert round_.store.ann.kind == "IVF_PQ"

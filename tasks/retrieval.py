@@ -1,0 +1,49 @@
+"""Prefect task shells of retrieval: embed pairs, load them into the store, compact it, score
+gold pairs with the RM, retrieve a round's candidates. Each returns a manifest URI or counts."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from synpref_core.config import ExecutorConfig
+from synpref_core.executors import run_stage
+from synpref_core.retrieval.embed import EmbedConfig, embed_pairs
+from synpref_core.retrieval.round import RetrieveConfig, RetrieveStage
+from synpref_core.retrieval.store import StoreConfig, VectorStore
+from synpref_core.retrieval.tables import add_embeddings
+from synpref_core.rm.scoring import ScoreConfig, score_pairs
+
+
+@task(name="embed-pairs")
+def embed(config: EmbedConfig, executor: ExecutorConfig) -> str:
+    """Embed a pair stage (Ray actors holding the model; finished shards skipped)."""
+    return embed_pairs(config, executor)
+
+
+@task(name="index-embeddings")
+def index_embeddings(store: StoreConfig, embeddings: list[str]) -> dict[str, int]:
+    """Upsert embedding stages into the store through its single writer; then compact each
+    table and build its ANN index once it is large enough. Returns rows per table."""
+    counts = {"pool": 0, "gold": 0}
+    with VectorStore(store) as vectors:
+        for manifest in embeddings:
+            for table, rows in add_embeddings(vectors, manifest).items():
+                counts[table] += rows
+        for table in ("pool", "gold"):
+            if vectors.exists(table):
+                vectors.optimize(table)
+                counts[f"{table}_rows"] = vectors.count(table)
+                counts[f"{table}_indexed"] = int(vectors.has_index(table))
+    return counts
+
+
+@task(name="score-gold")
+def score_gold(config: ScoreConfig, executor: ExecutorConfig) -> str:
+    """p = σ(r_chosen − r_rejected) of every gold pair under the current best RM."""
+    return score_pairs(config, executor)
+
+
+@task(name="retrieve-candidates")
+def retrieve(config: RetrieveConfig, executor: ExecutorConfig) -> str:
+    """Adaptive-k retrieval of pool candidates for one round; returns the manifest URI."""
+    return run_stage(RetrieveStage(config), executor.model_copy(update={"kind": "local"}))

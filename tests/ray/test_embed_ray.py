@@ -1,0 +1,58 @@
+"""Embedding on Ray (actor pool, and the plain Ray executor) gives exactly the local vectors."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from synpref_core.config import ExecutorConfig
+from synpref_core.executors import run_stage
+from synpref_core.retrieval import encoder
+from synpref_core.retrieval.embed import EmbedStage, EmbedWorker, embed_pairs
+from synpref_core.rm.scoring import THREADS_ENV
+from synpref_core.stages import load_manifest
+from tests.unit.test_embed import embed_config, hh_embedded, read_vectors  # noqa: F401 (fixture)
+
+
+def _portable(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if k not in ("config", "_dir")}
+
+
+@pytest.mark.slow
+def test_local_and_ray_embeddings_are_identical(hh_embedded, tmp_path, ray_local, monkeypatch):  # noqa: F811
+    pairs_dir, _ = hh_embedded
+    # Float sums split across threads round differently: compare at one torch thread each (a
+    # Ray actor or task with cpus_per_shard = 1 runs one thread).
+    monkeypatch.setenv(THREADS_ENV, "1")
+    local = embed_pairs(embed_config(pairs_dir, str(tmp_path / "local")), progress=False)
+    monkeypatch.delenv(THREADS_ENV)
+    actors = embed_config(pairs_dir, str(tmp_path / "actors"))
+    on_actors = embed_pairs(actors, ExecutorConfig(kind="ray"), progress=False)
+    tasks = EmbedStage(embed_config(pairs_dir, str(tmp_path / "tasks")), threads=1)
+    on_tasks = run_stage(tasks, ExecutorConfig(kind="ray"), progress=False)
+
+    expected: pa.Table = read_vectors(tmp_path / "local")
+    for name, manifest in (("actors", on_actors), ("tasks", on_tasks)):
+        assert _portable(load_manifest(manifest)) == _portable(load_manifest(local)), name
+        assert read_vectors(tmp_path / name).equals(expected), name
+
+    # A finished run on Ray starts no actor and rewrites the same manifest.
+    again = embed_pairs(actors, ExecutorConfig(kind="ray"), progress=False)
+    assert load_manifest(again) == load_manifest(on_actors)
+
+
+@pytest.mark.slow
+def test_an_actor_loads_the_model_once(hh_embedded, tmp_path, ray_local):  # noqa: F811
+    def loaded(worker: EmbedWorker) -> list[int]:  # runs in the actor
+        return [id(e.model) for e in encoder._ENCODERS.values()]
+
+    pairs_dir, _ = hh_embedded
+    stage = EmbedStage(embed_config(pairs_dir, str(tmp_path / "one")), threads=1)
+    actor = ray_local.remote(num_cpus=1)(EmbedWorker).remote(stage)
+    before = ray_local.get(actor.__ray_call__.remote(loaded))
+    specs = stage.plan()
+    for index, spec in enumerate(specs[:2]):
+        ray_local.get(actor.execute_shard.remote(index, spec))
+    after = ray_local.get(actor.__ray_call__.remote(loaded))
+    ray_local.kill(actor)
+    assert len(before) == 1 and after == before
