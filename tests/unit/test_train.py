@@ -392,3 +392,22 @@ def test_register_model_logs_into_the_active_run_and_leaves_it_open(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(local)
     reference = AutoModelForSequenceClassification.from_pretrained(best)
     assert torch.equal(model.classifier.weight, reference.classifier.weight)
+
+
+def test_resolve_model_finds_the_latest_version_or_says_how_to_make_one(tmp_path):
+    from synpref_core.rm.registry import ModelNotFoundError, resolve_model
+
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cache = tmp_path / "cache"
+    assert resolve_model("some/dir", "rm-x", tracking, cache) == "some/dir"  # a path: as given
+    with pytest.raises(ModelNotFoundError, match="make flow-train-rm"):
+        resolve_model(None, "rm-x", tracking, cache)
+    manifest = _ingest(tmp_path, "offsetbias", DATA / "offsetbias", "ob")
+    config = TrainConfig(train_manifest=manifest, out=str(tmp_path / "rm"))
+    result = _result(tiny_model_dir(tmp_path))
+    for _ in range(2):
+        register_model(result, config, manifest, tracking, name="rm-x")
+    latest = resolve_model(None, "rm-x", tracking, cache)
+    assert Path(latest) == (cache / "rm-x-2").resolve() and (Path(latest) / "config.json").exists()
+    first = resolve_model("models:/rm-x/1", "rm-x", tracking, cache)
+    assert Path(first).name == "rm-x-1"
