@@ -36,10 +36,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from synpref_core.config import DEFAULT_HOME, ExecutorConfig, StrictModel, config_hash
-from synpref_core.executors import ensure_ray, run_stage
+from synpref_core.executors import run_stage, run_stage_on_actors
 from synpref_core.io import fs as fsio
 from synpref_core.retrieval.encoder import (
     DEFAULT_ATTRIBUTES,
@@ -217,60 +216,7 @@ def embed_pairs(
     """
     executor = executor or ExecutorConfig()
     if executor.kind == "ray":
-        return _embed_on_ray(config, executor, progress)
+        stage = EmbedStage(config, torch_threads(executor.cpus_per_shard))
+        return run_stage_on_actors(stage, executor, config.actors, progress=progress)
     cpus = (os.cpu_count() or 1) / executor.workers if executor.workers > 1 else None
     return run_stage(EmbedStage(config, torch_threads(cpus)), executor, progress)
-
-
-class EmbedWorker:
-    """The body of one Ray actor: it loads the model when it starts, then embeds shards."""
-
-    def __init__(self, stage: EmbedStage):
-        self.stage = stage
-        stage.load_model()
-
-    def execute_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        return self.stage.execute_shard(index, spec)
-
-
-def _embed_on_ray(config: EmbedConfig, executor: ExecutorConfig, progress: bool) -> str:
-    import ray
-    from ray.util import ActorPool
-
-    ensure_ray(executor)
-    stage = EmbedStage(config, torch_threads(executor.cpus_per_shard))
-    specs = stage.plan()
-    results = {i: r for i in range(len(specs)) if (r := stage.finished_result(i)) is not None}
-    todo = [i for i in range(len(specs)) if i not in results]
-    log.info("embed: %d shards, %d to run on Ray", len(specs), len(todo))
-    if todo:
-        # An actor that dies is restarted and its shard retried: shards are idempotent.
-        actor = ray.remote(num_cpus=executor.cpus_per_shard, max_restarts=1, max_task_retries=1)
-        workers = [
-            actor(EmbedWorker).remote(stage)
-            for _ in range(_actor_count(config.actors, executor, len(todo)))
-        ]
-        try:
-            shards = ActorPool(workers).map_unordered(
-                lambda worker, i: worker.execute_shard.remote(i, specs[i]), todo
-            )
-            for result in tqdm(shards, total=len(todo), desc=stage.name, disable=not progress):
-                results[result["shard"]] = result
-        finally:
-            for worker in workers:
-                ray.kill(worker)
-    return stage.write_manifest(specs, [results[i] for i in range(len(specs))])
-
-
-def _actor_count(actors: int, executor: ExecutorConfig, shards: int) -> int:
-    """``actors``, at most one per shard, and on a local Ray no more than fit at once (an actor
-    that cannot be placed would hold its first shard forever). A cluster may scale up."""
-    count = min(actors, shards)
-    if executor.ray_address:
-        return count
-    import ray
-
-    fit = int(ray.cluster_resources().get("CPU", 0) // executor.cpus_per_shard)
-    if fit < count:
-        log.warning("embed: %d actors asked for, %d fit on this local Ray", count, fit)
-    return max(1, min(count, fit))

@@ -49,10 +49,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from pydantic import Field, model_validator
-from tqdm.auto import tqdm
 
 from synpref_core.config import DEFAULT_HOME, ExecutorConfig, StrictModel, config_hash
-from synpref_core.executors import ensure_ray, run_stage
+from synpref_core.executors import run_stage, run_stage_on_actors
 from synpref_core.io import fs as fsio
 from synpref_core.rm.model import DEFAULT_BACKBONE, encode, load_reward_model, resolve_backbone
 from synpref_core.schema import fingerprint
@@ -394,75 +393,7 @@ def score_pairs(
     """
     executor = executor or ExecutorConfig()
     if executor.kind == "ray":
-        return _score_on_ray(config, executor, progress)
+        stage = ScoreStage(config, torch_threads(executor.cpus_per_shard))
+        return run_stage_on_actors(stage, executor, config.actors, config.num_gpus, progress)
     cpus = (os.cpu_count() or 1) / executor.workers if executor.workers > 1 else None
     return run_stage(ScoreStage(config, torch_threads(cpus)), executor, progress)
-
-
-class ScoreWorker:
-    """The body of one Ray actor: it loads the model when it starts, then scores shards."""
-
-    def __init__(self, stage: ScoreStage):
-        self.stage = stage
-        stage.load_model()
-
-    def execute_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        return self.stage.execute_shard(index, spec)
-
-
-def _score_on_ray(config: ScoreConfig, executor: ExecutorConfig, progress: bool) -> str:
-    import ray
-    from ray.util import ActorPool
-
-    ensure_ray(executor)
-    stage = ScoreStage(config, torch_threads(executor.cpus_per_shard))
-    specs = stage.plan()
-    results = {i: r for i in range(len(specs)) if (r := stage.finished_result(i)) is not None}
-    todo = [i for i in range(len(specs)) if i not in results]
-    log.info("score: %d shards, %d to run on Ray", len(specs), len(todo))
-    if todo:
-        # An actor that dies is restarted and its shard retried: shards are idempotent.
-        actor = ray.remote(
-            num_cpus=executor.cpus_per_shard,
-            num_gpus=config.num_gpus,
-            max_restarts=1,
-            max_task_retries=1,
-        )
-        workers = [
-            actor(ScoreWorker).remote(stage)
-            for _ in range(_actor_count(config, executor, len(todo)))
-        ]
-        try:
-            shards = ActorPool(workers).map_unordered(
-                lambda worker, i: worker.execute_shard.remote(i, specs[i]), todo
-            )
-            for result in tqdm(shards, total=len(todo), desc=stage.name, disable=not progress):
-                results[result["shard"]] = result
-        finally:
-            for worker in workers:
-                ray.kill(worker)
-    return stage.write_manifest(specs, [results[i] for i in range(len(specs))])
-
-
-def _actor_count(config: ScoreConfig, executor: ExecutorConfig, shards: int) -> int:
-    """``config.actors``, at most one per shard, and on a local Ray no more than fit at once (by
-    CPUs, and GPUs if they reserve any): an actor that cannot be placed would hold its first
-    shard forever. A cluster may scale up."""
-    count = min(config.actors, shards)
-    if executor.ray_address:
-        return count
-    import ray
-
-    resources = ray.cluster_resources()
-    fit = int(resources.get("CPU", 0) // executor.cpus_per_shard)
-    if config.num_gpus:
-        fit = min(fit, int(resources.get("GPU", 0) // config.num_gpus))
-    if fit < 1:
-        raise RuntimeError(
-            f"score: no actor fits on this local Ray ({executor.cpus_per_shard:g} CPUs and "
-            f"{config.num_gpus:g} GPUs each; it has {resources.get('CPU', 0):g} and "
-            f"{resources.get('GPU', 0):g})"
-        )
-    if fit < count:
-        log.warning("score: %d actors asked for, %d fit on this local Ray", count, fit)
-    return min(count, fit)

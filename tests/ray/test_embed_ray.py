@@ -6,9 +6,9 @@ import pyarrow as pa
 import pytest
 
 from synpref_core.config import ExecutorConfig
-from synpref_core.executors import run_stage
+from synpref_core.executors import StageActor, run_stage
 from synpref_core.retrieval import encoder
-from synpref_core.retrieval.embed import EmbedStage, EmbedWorker, embed_pairs
+from synpref_core.retrieval.embed import EmbedStage, embed_pairs
 from synpref_core.rm.scoring import THREADS_ENV
 from synpref_core.stages import load_manifest
 from tests.unit.test_embed import embed_config, hh_embedded, read_vectors  # noqa: F401 (fixture)
@@ -43,12 +43,12 @@ def test_local_and_ray_embeddings_are_identical(hh_embedded, tmp_path, ray_local
 
 @pytest.mark.slow
 def test_an_actor_loads_the_model_once(hh_embedded, tmp_path, ray_local):  # noqa: F811
-    def loaded(worker: EmbedWorker) -> list[int]:  # runs in the actor
+    def loaded(worker: StageActor) -> list[int]:  # runs in the actor
         return [id(e.model) for e in encoder._ENCODERS.values()]
 
     pairs_dir, _ = hh_embedded
     stage = EmbedStage(embed_config(pairs_dir, str(tmp_path / "one")), threads=1)
-    actor = ray_local.remote(num_cpus=1)(EmbedWorker).remote(stage)
+    actor = ray_local.remote(num_cpus=1)(StageActor).remote(stage)
     before = ray_local.get(actor.__ray_call__.remote(loaded))
     specs = stage.plan()
     for index, spec in enumerate(specs[:2]):
@@ -56,3 +56,12 @@ def test_an_actor_loads_the_model_once(hh_embedded, tmp_path, ray_local):  # noq
     after = ray_local.get(actor.__ray_call__.remote(loaded))
     ray_local.kill(actor)
     assert len(before) == 1 and after == before
+
+
+@pytest.mark.slow
+def test_actors_that_fit_nowhere_on_a_local_ray_fail_at_once(hh_embedded, tmp_path, ray_local):  # noqa: F811
+    # 64 CPUs per actor fit on no local Ray: an error naming the stage, not a shard held forever.
+    pairs_dir, _ = hh_embedded
+    config = embed_config(pairs_dir, str(tmp_path / "big"))
+    with pytest.raises(RuntimeError, match=r"embed: no actor fits .*\(64 CPUs and 0 GPUs each"):
+        embed_pairs(config, ExecutorConfig(kind="ray", cpus_per_shard=64), progress=False)

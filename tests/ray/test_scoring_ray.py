@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from synpref_core.config import ExecutorConfig
+from synpref_core.executors import StageActor
 from synpref_core.rm import scoring
-from synpref_core.rm.scoring import THREADS_ENV, ScoreConfig, ScoreStage, ScoreWorker, score_pairs
+from synpref_core.rm.scoring import THREADS_ENV, ScoreConfig, ScoreStage, score_pairs
 from synpref_core.stages import load_manifest
 from tests.unit.test_scoring import MAX_LENGTH, pairs_dir, tiny  # noqa: F401 (fixtures)
 
@@ -70,11 +71,11 @@ def test_local_and_ray_scores_are_identical(
 
 @pytest.mark.slow
 def test_an_actor_loads_the_model_once(pairs_dir, tiny, tmp_path, ray_local):  # noqa: F811
-    def models_and_threads(worker: ScoreWorker) -> tuple[list[int], int]:  # runs in the actor
+    def models_and_threads(worker: StageActor) -> tuple[list[int], int]:  # runs in the actor
         return [id(model) for model, _ in scoring._MODELS.values()], torch.get_num_threads()
 
     stage = ScoreStage(_config(pairs_dir, tiny, str(tmp_path / "one")), threads=1)
-    actor = ray_local.remote(num_cpus=1)(ScoreWorker).remote(stage)
+    actor = ray_local.remote(num_cpus=1)(StageActor).remote(stage)
     loaded, _ = ray_local.get(actor.__ray_call__.remote(models_and_threads))
     specs = stage.plan()
     for index, spec in enumerate(specs):
