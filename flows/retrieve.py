@@ -120,8 +120,7 @@ def retrieve_flow(config: RetrieveFlowConfig | None = None) -> dict[str, Any]:
                 retrieval=config.retrieval,
                 round=config.round,
                 out=str(out / f"round-{config.round}" / "candidates"),
-            ),
-            executor,
+            )
         )
         stats = record_manifest(candidates, prefix="retrieval.")
         by_k = [

@@ -44,6 +44,7 @@ def score_gold(config: ScoreConfig, executor: ExecutorConfig) -> str:
 
 
 @task(name="retrieve-candidates")
-def retrieve(config: RetrieveConfig, executor: ExecutorConfig) -> str:
+def retrieve(config: RetrieveConfig) -> str:
     """Adaptive-k retrieval of pool candidates for one round; returns the manifest URI."""
-    return run_stage(RetrieveStage(config), executor.model_copy(update={"kind": "local"}))
+    # One shard that reads the store: in this process, whatever the executor.
+    return run_stage(RetrieveStage(config), ExecutorConfig(kind="local"))
