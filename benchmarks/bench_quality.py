@@ -75,25 +75,6 @@ def read_stage(stage: str, unanimous: bool = False) -> pa.Table:
     return table.drop_columns(["controversiality"])
 
 
-def score(model_dir: str, table: pa.Table, max_length: int) -> pa.Table:
-    """The table with r_chosen / r_rejected from the RM in ``model_dir``."""
-    from synpref_core.rm.model import load_reward_model
-    from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET, score_table
-
-    model, tokenizer = load_reward_model(model_dir)
-    r_c, r_r = score_table(
-        model,
-        tokenizer,
-        table["conversation"].to_pylist(),
-        table["chosen"].to_pylist(),
-        table["rejected"].to_pylist(),
-        max_length=max_length,
-        token_budget=DEFAULT_TOKEN_BUDGET,
-    )
-    table = table.append_column("r_chosen", pa.array(r_c, pa.float64()))
-    return table.append_column("r_rejected", pa.array(r_r, pa.float64()))
-
-
 def macro_ci(hits: np.ndarray, subsets: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of the macro-average of ``hits`` over ``subsets``, resampling
     pairs with replacement within each subset."""
@@ -135,8 +116,12 @@ EVAL_SETS = (
 
 
 def evaluate_model(model_dir: str, stages: dict[str, str], max_length: int) -> dict[str, Any]:
+    from synpref_core.rm.evaluate import score_with_model
+
     return {
-        label: measure(score(model_dir, read_stage(stages[key], unanimous), max_length), fmt)
+        label: measure(
+            score_with_model(model_dir, read_stage(stages[key], unanimous), max_length), fmt
+        )
         for label, key, fmt, unanimous in EVAL_SETS
     }
 

@@ -42,11 +42,10 @@ from synpref_core.retrieval.store import StoreConfig
 from synpref_core.rm.registry import resolve_model
 from synpref_core.rm.scoring import ScoreConfig
 from synpref_core.rm.train import MODEL_NAME
-from synpref_core.stages import load_manifest
 from tasks.ingest import dedup, normalize
 from tasks.retrieval import embed, index_embeddings, retrieve, score_gold
+from tasks.select import select_pairs
 from tasks.tracking import record_manifest
-from tasks.train import select_pairs
 
 
 class RetrieveFlowConfig(StrictModel):
@@ -133,7 +132,7 @@ def retrieve_flow(config: RetrieveFlowConfig | None = None) -> dict[str, Any]:
             table=by_k,
             description="Pool candidates retrieved by gold pairs asking for k neighbours",
         )
-    return {"candidates": candidates, "rm": rm, "stats": load_manifest(candidates)["counts"]}
+    return {"candidates": candidates, "rm": rm, "stats": stats}
 
 
 def main() -> None:

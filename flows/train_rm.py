@@ -35,8 +35,9 @@ from synpref_core.curation.select import PairFilter, SelectConfig
 from synpref_core.rm.train import MODEL_NAME, TrainConfig, resolve_profile
 from tasks.evaluate import evaluate_benchmark
 from tasks.ingest import dedup, normalize
+from tasks.select import select_pairs
 from tasks.tracking import record_manifest
-from tasks.train import register_rm, select_pairs, train_rm
+from tasks.train import register_rm, train_rm
 
 BUNDLED_POOL = "hh-rlhf-harmless"
 

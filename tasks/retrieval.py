@@ -31,8 +31,7 @@ def index_embeddings(store: StoreConfig, embeddings: list[str]) -> dict[str, int
                 counts[table] += rows
         for table in ("pool", "gold"):
             if vectors.exists(table):
-                vectors.optimize(table)
-                counts[f"{table}_rows"] = vectors.count(table)
+                counts[f"{table}_rows"] = vectors.optimize(table)["rows"]
                 counts[f"{table}_indexed"] = int(vectors.has_index(table))
     return counts
 

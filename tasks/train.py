@@ -1,20 +1,12 @@
-"""Prefect task shells of reward-model training: select pairs, train, register the best model."""
+"""Prefect task shells of reward-model training: train, register the best model."""
 
 from __future__ import annotations
 
 from prefect import task
 
 from synpref_core.config import ExecutorConfig, TrackingConfig
-from synpref_core.curation.select import SelectConfig, SelectStage
-from synpref_core.executors import run_stage
 from synpref_core.rm.registry import register_model
 from synpref_core.rm.train import TrainConfig, TrainResult, train_reward_model
-
-
-@task(name="select-pairs")
-def select_pairs(config: SelectConfig, executor: ExecutorConfig) -> str:
-    """Write the selected pairs as a stage (skips finished shards); returns its manifest URI."""
-    return run_stage(SelectStage(config), executor)
 
 
 @task(name="train-rm")

@@ -4,26 +4,37 @@ the bundled MiniLM tokenizer, saved as a plain Hugging Face directory."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from synpref_core.rm.model import load_tokenizer
 
 
+def tiny_bert_config(tokenizer: Any, **extra: Any) -> Any:
+    """A 2-layer, 32-wide BERT config over the bundled MiniLM tokenizer's vocabulary."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        **extra,
+    )
+
+
 def tiny_model_dir(directory: Path, seed: int = 0) -> Path:
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
     path = directory / "tiny-rm"
     if (path / "config.json").exists():
         return path
     tokenizer = load_tokenizer()
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+    config = tiny_bert_config(
+        tokenizer,
         max_position_embeddings=512,
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,

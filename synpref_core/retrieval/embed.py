@@ -28,13 +28,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from pydantic import Field
 
 from synpref_core.config import DEFAULT_HOME, ExecutorConfig, StrictModel, config_hash
@@ -52,7 +49,7 @@ from synpref_core.rm.model import DEFAULT_BACKBONE
 
 # The scorer's token budget (4,096 padded tokens, measured fastest for MiniLM on CPU): the same
 # encoder stack, the same batching.
-from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET, torch_threads
+from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET, torch_threads, using_torch_threads
 from synpref_core.schema import fingerprint
 from synpref_core.stages import ShardResult, Stage, load_manifest, part_name
 
@@ -95,23 +92,6 @@ class EmbedConfig(StrictModel):
     batch_rows: int = Field(4096, ge=1, description="Pairs read, sorted and embedded at a time.")
 
 
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` torch threads, then restore the caller's count."""
-    before = torch.get_num_threads()
-    if threads is not None and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
-def _stage_dir(uri: str) -> str:
-    return uri.rsplit("/", 1)[0] if uri.endswith(".json") else uri
-
-
 class EmbedStage(Stage):
     """One output shard per data file of the input pair manifest, in the same order."""
 
@@ -129,6 +109,7 @@ class EmbedStage(Stage):
             parents=[fsio.join(parent["_dir"], "manifest.json")],
         )
         self.embed = config
+        self.pairs_dir = parent["_dir"]
         self.threads = threads  # how this process runs, never what it computes
 
     def schemas(self) -> dict[str, str]:
@@ -150,13 +131,13 @@ class EmbedStage(Stage):
         return load_encoder(self.embed.model)
 
     def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        with _torch_threads(self.threads):
+        with using_torch_threads(self.threads):
             return self._run_shard(index, spec)
 
     def _run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
         encoder = self.load_model()
         schema = embed_schema(encoder.dim)
-        in_fs, in_path = fsio.resolve(fsio.join(_stage_dir(self.embed.pairs), spec["input"]))
+        in_fs, in_path = fsio.resolve(fsio.join(self.pairs_dir, spec["input"]))
         fs, root = fsio.resolve(self.out)
         rel = f"data/{part_name(index)}.parquet"
         counts = {"rows": 0, "tokens": 0}

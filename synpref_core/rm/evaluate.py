@@ -431,6 +431,29 @@ def ingest_benchmark(fmt: str, paths: Sequence[str], out: str) -> dict[str, int]
     return ingest_counts(out)
 
 
+def score_with_model(
+    model_dir: str, pairs: pa.Table, max_length: int, token_budget: int = DEFAULT_TOKEN_BUDGET
+) -> pa.Table:
+    """``pairs`` less the conversation, plus ``r_chosen`` and ``r_rejected`` from the RM in
+    ``model_dir``: what :func:`score_results` takes."""
+    from synpref_core.rm.model import load_reward_model
+    from synpref_core.rm.scoring import score_table
+
+    model, tokenizer = load_reward_model(model_dir)
+    r_chosen, r_rejected = score_table(
+        model,
+        tokenizer,
+        pairs.column("conversation").to_pylist(),
+        pairs.column("chosen").to_pylist(),
+        pairs.column("rejected").to_pylist(),
+        max_length=max_length,
+        token_budget=token_budget,
+    )
+    scored = pairs.drop_columns(["conversation"])
+    scored = scored.append_column("r_chosen", pa.array(r_chosen, pa.float64()))
+    return scored.append_column("r_rejected", pa.array(r_rejected, pa.float64()))
+
+
 def evaluate(
     model_dir: str | Path,
     fmt: str,
@@ -445,29 +468,13 @@ def evaluate(
     Raises EvaluationError for an unknown format, and the ingest errors
     (``MalformedInputError``, ``StageError``) for missing or malformed files.
     """
-    from synpref_core.rm.model import load_reward_model
-    from synpref_core.rm.scoring import score_table
-
     if fmt not in SCORERS:
         raise EvaluationError(f"unknown format {fmt!r}; choose one of {', '.join(EVAL_FORMATS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = ingest_benchmark(fmt, paths, str(out / "pairs"))
     pairs = _read_pairs(str(out / "pairs"))
-    model, tokenizer = load_reward_model(str(model_dir))
-    r_chosen, r_rejected = score_table(
-        model,
-        tokenizer,
-        pairs.column("conversation").to_pylist(),
-        pairs.column("chosen").to_pylist(),
-        pairs.column("rejected").to_pylist(),
-        max_length=max_length,
-        token_budget=token_budget,
-    )
-    scored = pairs.drop_columns(["conversation"]).append_column(
-        "r_chosen", pa.array(r_chosen, pa.float64())
-    )
-    scored = scored.append_column("r_rejected", pa.array(r_rejected, pa.float64()))
+    scored = score_with_model(str(model_dir), pairs, max_length, token_budget)
     result = score_results(scored, fmt)
     result["model"] = str(model_dir)
     result["inputs"] = [str(p) for p in paths]

@@ -274,7 +274,7 @@ def torch_threads(cpus: float | None) -> int | None:
 
 
 @contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
+def using_torch_threads(threads: int | None) -> Iterator[None]:
     """Run with ``threads`` torch threads, then restore the caller's count (in-process runs)."""
     before = torch.get_num_threads()
     if threads is not None and threads != before:
@@ -287,10 +287,6 @@ def _threads(threads: int | None) -> Iterator[None]:
 
 
 # -- the stage -------------------------------------------------------------------------------
-
-
-def _stage_dir(uri: str) -> str:
-    return uri.rsplit("/", 1)[0] if uri.endswith(".json") else uri
 
 
 class ScoreStage(Stage):
@@ -313,6 +309,7 @@ class ScoreStage(Stage):
             parents=[fsio.join(parent["_dir"], "manifest.json")],
         )
         self.score = config
+        self.pairs_dir = parent["_dir"]
         self.threads = threads  # how this process runs, never what it computes
 
     def schemas(self) -> dict[str, str]:
@@ -331,12 +328,12 @@ class ScoreStage(Stage):
         )
 
     def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        with _threads(self.threads):
+        with using_torch_threads(self.threads):
             return self._run_shard(index, spec)
 
     def _run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
         model, tokenizer = self.load_model()
-        in_fs, in_path = fsio.resolve(fsio.join(_stage_dir(self.score.pairs), spec["input"]))
+        in_fs, in_path = fsio.resolve(fsio.join(self.pairs_dir, spec["input"]))
         fs, root = fsio.resolve(self.out)
         rel = f"data/{part_name(index)}.parquet"
         counts = {"rows": 0, "tokens": 0}

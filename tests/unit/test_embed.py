@@ -22,6 +22,7 @@ from synpref_core.retrieval.tables import StoreError, add_embeddings
 from synpref_core.rm.model import load_tokenizer
 from synpref_core.stages import load_manifest
 from tests.ingest_helpers import HH
+from tests.rm_helpers import tiny_bert_config
 
 RECORDS = 200  # hh-rlhf harmless test records: ~260 KB, 4 ingest shards
 MAX_CHARS = 600  # short texts keep the real model's forward passes to seconds
@@ -61,7 +62,7 @@ def tiny_sentence_model(directory: Path) -> Path:
     """A 2-layer, 32-wide BERT with mean pooling (random weights), saved as a sentence model."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.models import Pooling, Transformer
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     path = directory / "tiny-st"
     if (path / "modules.json").exists():
@@ -69,13 +70,7 @@ def tiny_sentence_model(directory: Path) -> Path:
     tokenizer = load_tokenizer()
     tokenizer.truncation_side = "right"
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
+    config = tiny_bert_config(tokenizer)
     BertModel(config).save_pretrained(directory / "tiny-hf")
     tokenizer.save_pretrained(directory / "tiny-hf")
     transformer = Transformer(str(directory / "tiny-hf"), max_seq_length=128)

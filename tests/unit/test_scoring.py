@@ -28,7 +28,7 @@ from synpref_core.rm.scoring import (
 )
 from synpref_core.stages import load_manifest
 from tests.ingest_helpers import DATA
-from tests.rm_helpers import tiny_model_dir
+from tests.rm_helpers import tiny_bert_config, tiny_model_dir
 
 MAX_LENGTH = 64  # short, so many sequences are truncated and batches get several widths
 
@@ -215,16 +215,10 @@ def test_explicit_cpu_float32_scores_equal_the_default(pairs_dir, tiny, tmp_path
 
 def _bare_backbone(directory: Path) -> str:
     """A tiny BERT without a classification head, as a pretrained backbone is shipped."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     tokenizer = load_tokenizer()
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
+    config = tiny_bert_config(tokenizer)
     torch.manual_seed(0)
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
