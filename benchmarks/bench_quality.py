@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -166,6 +164,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--work", type=Path, default=REPO / ".synpref" / "bench-quality")
     args = parser.parse_args()
+    from benchmarks.bench_scoring import machine
     from synpref_core.config import ExecutorConfig
     from synpref_core.executors import ensure_ray
     from synpref_core.rm.model import DEFAULT_BACKBONE
@@ -181,7 +180,7 @@ def main() -> None:
         trained["evals"] = evaluate_model(trained["model_dir"], stages, trained["max_length"])
         rows[f"MiniLM `{profile}` profile, {args.epochs} epoch"] = trained
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "train_pairs": len(read_stage(stages["train"])),
         "models": rows,
     }
