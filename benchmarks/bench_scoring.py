@@ -52,7 +52,7 @@ from synpref_core.rm.scoring import (
     plan_batches,
     score_pairs,
 )
-from synpref_core.stages import load_manifest, manifest_files
+from synpref_core.stages import load_manifest
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HH = Path(__file__).resolve().parents[1] / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
@@ -81,7 +81,7 @@ def prepare_pairs(n: int, tmp: Path) -> str:
 
 
 def read_pairs(pairs_dir: str) -> pa.Table:
-    files = manifest_files(load_manifest(pairs_dir))
+    files = load_manifest(pairs_dir).paths()
     return pa.concat_tables(
         pq.read_table(f, columns=["conversation", "chosen", "rejected"]) for f in files
     )

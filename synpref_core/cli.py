@@ -120,15 +120,15 @@ def inspect(
     except StageError as exc:
         raise _fail(str(exc)) from exc
     counts = {"input_rows": 0, "rows": 0, "quarantined": 0, "duplicates": 0, "contaminated": 0}
-    counts.update(manifest["counts"])
+    counts.update(manifest.counts)
     if as_json:
         typer.echo(
             json.dumps(
                 {
                     **counts,
-                    "stage": manifest["stage"],
-                    "run_id": manifest["run_id"],
-                    "files": len(manifest["files"]),
+                    "stage": manifest.stage,
+                    "run_id": manifest.run_id,
+                    "files": len(manifest.files),
                 },
                 indent=2,
                 sort_keys=True,

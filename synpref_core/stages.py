@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypedDict
 
 import pyarrow as pa
@@ -39,6 +40,9 @@ class StageError(RuntimeError):
     """A stage cannot run: bad input or inconsistent state, named in the message."""
 
 
+MANIFEST = "manifest.json"
+
+
 def part_name(index: int) -> str:
     return f"part-{index:05d}"
 
@@ -53,7 +57,7 @@ class Stage(ABC):
         self.out = out
         self.config = config
         self.config_hash = config_hash
-        self.parents = parents
+        self.parents = [manifest_uri(p) for p in parents]
 
     @property
     def run_id(self) -> str:
@@ -108,7 +112,7 @@ class Stage(ABC):
         return result
 
     def manifest_path(self) -> str:
-        return fsio.join(self.out, "manifest.json")
+        return manifest_uri(self.out)
 
     def summarize(self, results: list[ShardResult]) -> dict[str, int]:
         """Stage-wide counts; by default the sum over shards."""
@@ -136,25 +140,87 @@ class Stage(ABC):
             "bytes": sum(f["bytes"] for f in files),
             "counts": self.summarize(results),
         }
-        fsio.write_json_atomic(fs, fsio.join(root, "manifest.json"), manifest)
+        fsio.write_json_atomic(fs, fsio.join(root, MANIFEST), manifest)
         return self.manifest_path()
 
 
-def load_manifest(uri: str) -> dict[str, Any]:
+def manifest_uri(uri: str) -> str:
+    """The manifest file of a stage, given its directory or the manifest file itself."""
+    return uri if uri.endswith(".json") else fsio.join(uri, MANIFEST)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A finished stage's manifest: what it wrote, from what, and its counts.
+
+    ``dir`` is the stage directory (file paths in ``files`` are relative to it) and ``parents``
+    are always the manifest URIs of the stages it read. Two manifests compare equal when every
+    recorded field does; ``dir`` names where it was read from and takes no part."""
+
+    stage: str
+    run_id: str
+    config: dict[str, Any]
+    config_hash: str
+    schemas: dict[str, str]
+    parents: tuple[str, ...]
+    num_shards: int
+    shards: tuple[dict[str, Any], ...]
+    files: tuple[FileEntry, ...]
+    rows: int
+    bytes: int
+    counts: dict[str, int]
+    dir: str = field(default="", compare=False)
+
+    @property
+    def uri(self) -> str:
+        return fsio.join(self.dir, MANIFEST)
+
+    def entries(self, kind: str = "data") -> list[FileEntry]:
+        """The recorded files of one kind (``data``, ``rejects``...), in shard order."""
+        return [f for f in self.files if f["kind"] == kind]
+
+    def paths(self, kind: str = "data") -> list[str]:
+        """Absolute URIs of the files of one kind, in shard order."""
+        return [fsio.join(self.dir, f["path"]) for f in self.entries(kind)]
+
+    def to_json(self) -> dict[str, Any]:
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dir"}
+        return {
+            **record,
+            "parents": list(self.parents),
+            "shards": list(self.shards),
+            "files": list(self.files),
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any], directory: str) -> Manifest:
+        names = {f.name for f in fields(cls)} - {"dir"}
+        missing = names - record.keys()
+        if missing:
+            raise StageError(
+                f"{fsio.join(directory, MANIFEST)}: not a synpref manifest "
+                f"(missing {', '.join(sorted(missing))})"
+            )
+        values = {name: record[name] for name in names}
+        values["parents"] = tuple(values["parents"])
+        values["shards"] = tuple(values["shards"])
+        values["files"] = tuple(values["files"])
+        return cls(**values, dir=directory)
+
+
+def load_manifest(uri: str) -> Manifest:
     """Read a manifest given the stage directory or the manifest file itself."""
-    if not uri.endswith(".json"):
-        uri = fsio.join(uri, "manifest.json")
+    uri = manifest_uri(uri)
     fs, path = fsio.resolve(uri)
     if not fsio.exists(fs, path):
         raise StageError(f"no manifest at {uri}: the stage has not completed there")
-    manifest = fsio.read_json(fs, path)
-    manifest["_dir"] = uri.rsplit("/", 1)[0]
-    return manifest
-
-
-def manifest_files(manifest: dict[str, Any], kind: str = "data") -> list[str]:
-    """Absolute URIs of the manifest's files of one kind, in shard order."""
-    return [fsio.join(manifest["_dir"], f["path"]) for f in manifest["files"] if f["kind"] == kind]
+    try:
+        record = fsio.read_json(fs, path)
+    except ValueError as exc:
+        raise StageError(f"{uri}: not a synpref manifest (not JSON: {exc})") from exc
+    if not isinstance(record, dict):
+        raise StageError(f"{uri}: not a synpref manifest (not a JSON object)")
+    return Manifest.from_json(record, uri.rsplit("/", 1)[0])
 
 
 def iter_batches(
@@ -164,7 +230,7 @@ def iter_batches(
 
     The manifest is read at once, so a missing or unfinished stage fails here, not mid-stream.
     """
-    return _stream(manifest_files(load_manifest(stage_dir), kind), columns, batch_rows)
+    return _stream(load_manifest(stage_dir).paths(kind), columns, batch_rows)
 
 
 def _stream(uris: list[str], columns: list[str] | None, batch_rows: int):

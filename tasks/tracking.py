@@ -12,7 +12,7 @@ from synpref_core.stages import load_manifest
 @task(name="record-manifest")
 def record_manifest(manifest_uri: str, prefix: str = "") -> dict[str, int]:
     """Log a manifest's counts (MLflow metrics + a Prefect table artifact) and the manifest file."""
-    counts = load_manifest(manifest_uri)["counts"]
+    counts = load_manifest(manifest_uri).counts
     tracking.log_counts(counts, prefix)
     tracking.log_manifest(manifest_uri)
     create_table_artifact(

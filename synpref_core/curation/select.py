@@ -95,7 +95,7 @@ class SelectStage(Stage):
         identity = config.model_dump(mode="json", exclude={"out", "batch_rows"})
         parent = load_manifest(config.input)
         # The parent's run id makes the identity follow the input's content, not only its path.
-        identity["input_run"] = parent["run_id"]
+        identity["input_run"] = parent.run_id
         super().__init__(
             out=config.out,
             config=config.model_dump(mode="json"),
@@ -109,8 +109,7 @@ class SelectStage(Stage):
         return {"data": schema.fingerprint(schema.PAIR_SCHEMA)}
 
     def plan(self) -> list[dict[str, Any]]:
-        files = [f for f in self.parent["files"] if f["kind"] == "data"]
-        return [{"file": fsio.join(self.parent["_dir"], f["path"])} for f in files]
+        return [{"file": path} for path in self.parent.paths("data")]
 
     def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
         fs, root = fsio.resolve(self.out)

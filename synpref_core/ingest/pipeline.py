@@ -344,16 +344,16 @@ class DedupStage(Stage):
     def plan(self) -> list[dict[str, Any]]:
         parent = load_manifest(self.parents[0])
         frames = []
-        for shard in parent["shards"]:
+        for shard in parent.shards:
             entry = next(f for f in shard["files"] if f["kind"] == "data")
-            path = fsio.join(parent["_dir"], entry["path"])
+            path = fsio.join(parent.dir, entry["path"])
             fs, inner = fsio.resolve(path)
             with fs.open_input_file(inner) as f:
                 ids = pq.read_table(f, columns=["pair_id", "source_file", "source_row"])
             frames.append(
                 pl.from_arrow(ids).with_columns(shard=pl.lit(shard["shard"])).with_row_index("row")
             )
-        specs = [{"parent_shard": s, "drop": [], "duplicate_of": []} for s in parent["shards"]]
+        specs = [{"parent_shard": s, "drop": [], "duplicate_of": []} for s in parent.shards]
         if not frames:
             return specs
         every = pl.concat(frames).with_columns(first=pl.col("pair_id").is_first_distinct())
@@ -439,7 +439,7 @@ def run_ingest(
 
 def ingest_counts(out: str) -> dict[str, int]:
     """The accounting of a finished ingest output (what ``synpref inspect`` prints)."""
-    counts = dict(load_manifest(out)["counts"])
+    counts = dict(load_manifest(out).counts)
     for key in ("input_rows", "rows", "quarantined", "duplicates", "contaminated"):
         counts.setdefault(key, 0)
     return counts

@@ -101,15 +101,15 @@ class EmbedStage(Stage):
         parent = load_manifest(config.pairs)  # fails here, naming the path, if unfinished
         self.model_version = model_version(config.model, config.attributes, config.max_chars)
         identity = config_hash(config.model_copy(update={"out": "", "actors": 1}))
-        payload = [identity, parent["run_id"], self.model_version]
+        payload = [identity, parent.run_id, self.model_version]
         super().__init__(
             out=config.out,
             config=config.model_dump(mode="json"),
             config_hash=hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16],
-            parents=[fsio.join(parent["_dir"], "manifest.json")],
+            parents=[parent.uri],
         )
         self.embed = config
-        self.pairs_dir = parent["_dir"]
+        self.pairs_dir = parent.dir
         self.threads = threads  # how this process runs, never what it computes
 
     def schemas(self) -> dict[str, str]:
@@ -123,9 +123,7 @@ class EmbedStage(Stage):
 
     def plan(self) -> list[dict[str, Any]]:
         parent = load_manifest(self.embed.pairs)
-        return [
-            {"input": f["path"], "rows": f["rows"]} for f in parent["files"] if f["kind"] == "data"
-        ]
+        return [{"input": f["path"], "rows": f["rows"]} for f in parent.entries("data")]
 
     def load_model(self) -> Encoder:
         return load_encoder(self.embed.model)

@@ -48,7 +48,7 @@ class RetrieveStage(Stage):
     def __init__(self, config: RetrieveConfig):
         scores = load_manifest(config.scores)
         identity = config.model_dump(mode="json", exclude={"out"})
-        identity["scores_run"] = scores["run_id"]  # new confidences, new candidates
+        identity["scores_run"] = scores.run_id  # new confidences, new candidates
         super().__init__(
             out=config.out,
             config=config.model_dump(mode="json"),

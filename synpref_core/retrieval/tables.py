@@ -79,12 +79,12 @@ def add_embeddings(store: VectorStore, embeddings: str) -> dict[str, int]:
     """Upsert every pair of a finished embedding stage: gold pairs into ``gold``, the rest into
     ``pool``. Returns the rows sent to each table. One shard in memory at a time."""
     manifest = load_manifest(embeddings)
-    pairs_dir = manifest["parents"][0].rsplit("/", 1)[0]
+    pairs_dir = load_manifest(manifest.parents[0]).dir
     pair_columns = ["pair_id", "status", "round", "source", *FILTER_COLUMNS[:3], *GOLD_TEXT]
     counts = {"pool": 0, "gold": 0}
     writes = []
-    for shard in manifest["shards"]:
-        vectors = _read(fsio.join(manifest["_dir"], shard["files"][0]["path"]), None)
+    for shard in manifest.shards:
+        vectors = _read(fsio.join(manifest.dir, shard["files"][0]["path"]), None)
         pairs = _read(fsio.join(pairs_dir, shard["spec"]["input"]), pair_columns)
         gold = pc.equal(pairs["status"], "gold")
         for table, rows in (("gold", pairs.filter(gold)), ("pool", pairs.filter(pc.invert(gold)))):

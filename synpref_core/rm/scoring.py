@@ -300,16 +300,16 @@ class ScoreStage(Stage):
         # The input's run id and the weights are part of the identity: re-ingested pairs, or new
         # weights written to the same model path, are scored again.
         self.fingerprint = model_fingerprint(config.model)
-        key = [identity, parent["run_id"], self.fingerprint]
+        key = [identity, parent.run_id, self.fingerprint]
         digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
         super().__init__(
             out=config.out,
             config=config.model_dump(mode="json"),
             config_hash=digest[:16],
-            parents=[fsio.join(parent["_dir"], "manifest.json")],
+            parents=[parent.uri],
         )
         self.score = config
-        self.pairs_dir = parent["_dir"]
+        self.pairs_dir = parent.dir
         self.threads = threads  # how this process runs, never what it computes
 
     def schemas(self) -> dict[str, str]:
@@ -317,9 +317,7 @@ class ScoreStage(Stage):
 
     def plan(self) -> list[dict[str, Any]]:
         parent = load_manifest(self.score.pairs)
-        return [
-            {"input": f["path"], "rows": f["rows"]} for f in parent["files"] if f["kind"] == "data"
-        ]
+        return [{"input": f["path"], "rows": f["rows"]} for f in parent.entries("data")]
 
     def load_model(self) -> tuple[Any, Any]:
         score = self.score

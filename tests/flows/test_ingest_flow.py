@@ -45,7 +45,7 @@ def test_ingest_flow_leaves_shards_and_an_mlflow_run(tmp_path, prefect_server, r
     assert state.is_completed()
     manifest_uri = state.result()
     manifest = load_manifest(manifest_uri)
-    counts = manifest["counts"]
+    counts = manifest.counts
     assert counts["input_rows"] == 999 + 80
     assert counts["input_rows"] == (
         counts["rows"] + counts["quarantined"] + counts["duplicates"] + counts["contaminated"]
@@ -55,7 +55,7 @@ def test_ingest_flow_leaves_shards_and_an_mlflow_run(tmp_path, prefect_server, r
     experiment = client.get_experiment_by_name("test-ingest")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["rows"] == counts["rows"] == manifest["rows"]
+    assert run.data.metrics["rows"] == counts["rows"] == manifest.rows
     assert run.data.metrics["duplicates"] == counts["duplicates"]
     assert run.data.metrics["normalize_rows"] >= counts["rows"]
     assert json.loads(run.data.params["ingest.sources"])[0]["format"] == "pandalm"

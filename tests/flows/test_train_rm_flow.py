@@ -72,13 +72,13 @@ def test_train_rm_flow_trains_registers_and_evaluates(tmp_path, prefect_server, 
 
     train = load_manifest(str(tmp_path / "train_rm" / "train"))
     gold = load_manifest(str(tmp_path / "train_rm" / "gold"))
-    assert train["rows"] == 80 and 90 < gold["rows"] <= 100  # LLMBar Natural: 100 rows in
-    assert train["counts"]["input_rows"] == train["rows"] + train["counts"]["not_selected"]
+    assert train.rows == 80 and 90 < gold.rows <= 100  # LLMBar Natural: 100 rows in
+    assert train.counts["input_rows"] == train.rows + train.counts["not_selected"]
 
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("train-rm").experiment_id])
     metrics = run.data.metrics
-    assert metrics["train_rows"] == 80 and metrics["gold_rows"] == gold["rows"]
+    assert metrics["train_rows"] == 80 and metrics["gold_rows"] == gold.rows
     assert [m.step for m in client.get_metric_history(run.info.run_id, "gold_accuracy")] == [5, 10]
     assert any(k.startswith("rm-bench") for k in metrics)
     version = client.get_model_version("rm-flow-test", "1")

@@ -10,12 +10,12 @@ from synpref_core.executors import StageActor, run_stage
 from synpref_core.retrieval import encoder
 from synpref_core.retrieval.embed import EmbedStage, embed_pairs
 from synpref_core.rm.scoring import THREADS_ENV
-from synpref_core.stages import load_manifest
+from synpref_core.stages import Manifest, load_manifest
 from tests.unit.test_embed import embed_config, hh_embedded, read_vectors  # noqa: F401 (fixture)
 
 
-def _portable(manifest: dict) -> dict:
-    return {k: v for k, v in manifest.items() if k not in ("config", "_dir")}
+def _portable(manifest: Manifest) -> dict:
+    return {k: v for k, v in manifest.to_json().items() if k not in ("config",)}
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from synpref_core.config import ExecutorConfig
 from synpref_core.executors import StageActor
 from synpref_core.rm import scoring
 from synpref_core.rm.scoring import THREADS_ENV, ScoreConfig, ScoreStage, score_pairs
-from synpref_core.stages import load_manifest
+from synpref_core.stages import Manifest, load_manifest
 from tests.unit.test_scoring import MAX_LENGTH, pairs_dir, tiny  # noqa: F401 (fixtures)
 
 
@@ -31,8 +31,8 @@ def _scores(directory) -> pl.DataFrame:
     return pl.read_parquet(sorted(directory.glob("data/*.parquet")))
 
 
-def _portable(manifest: dict) -> dict:
-    return {k: v for k, v in manifest.items() if k not in ("config", "_dir")}
+def _portable(manifest: Manifest) -> dict:
+    return {k: v for k, v in manifest.to_json().items() if k not in ("config",)}
 
 
 @pytest.mark.slow
@@ -55,7 +55,7 @@ def test_local_and_ray_scores_are_identical(
 
     assert _portable(load_manifest(on_ray)) == _portable(load_manifest(local))
     assert _scores(tmp_path / "ray").equals(_scores(tmp_path / "local"))
-    assert load_manifest(default)["counts"] == load_manifest(on_ray)["counts"]
+    assert load_manifest(default).counts == load_manifest(on_ray).counts
     for column in ("r_chosen", "r_rejected", "p"):
         np.testing.assert_allclose(
             _scores(tmp_path / "default")[column].to_numpy(),

@@ -118,8 +118,8 @@ def test_stage_embeds_every_pair_in_order_as_unit_vectors(hh_embedded):
     manifest = load_manifest(embeddings)
     pairs = read_pairs(pairs_dir)
     vectors = read_vectors(embeddings)
-    assert manifest["num_shards"] == load_manifest(pairs_dir)["num_shards"] >= 3
-    assert manifest["rows"] == vectors.num_rows == pairs.num_rows > 150
+    assert manifest.num_shards == load_manifest(pairs_dir).num_shards >= 3
+    assert manifest.rows == vectors.num_rows == pairs.num_rows > 150
     assert vectors["pair_id"].to_pylist() == pairs["pair_id"].to_pylist()
     assert vectors.schema.field("vector").type == pa.list_(pa.float32(), 384)
     matrix = np.stack(vectors["vector"].to_numpy(zero_copy_only=False))
@@ -142,7 +142,7 @@ def test_rerun_skips_finished_shards_and_recomputes_a_removed_one(hh_embedded, t
     first = load_manifest(embed_pairs(config, progress=False))
     (out / "data" / "part-00001.parquet").unlink()
     stage = EmbedStage(config)
-    missing = [i for i in range(first["num_shards"]) if stage.finished_result(i) is None]
+    missing = [i for i in range(first.num_shards) if stage.finished_result(i) is None]
     assert missing == [1]
     assert load_manifest(embed_pairs(config, progress=False)) == first
 

@@ -19,7 +19,7 @@ from synpref_core import schema
 from synpref_core.config import ExecutorConfig, FieldMap, IngestConfig, SourceSpec
 from synpref_core.ingest.pipeline import ingest_counts, run_ingest
 from synpref_core.ingest.readers import MalformedInputError
-from synpref_core.stages import load_manifest, manifest_files
+from synpref_core.stages import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "formats"
@@ -37,7 +37,7 @@ def ingest(tmp_path: Path, *sources: SourceSpec) -> tuple[dict[str, int], pa.Tab
     assert data_files, "the ingest wrote no data files"
     data = pa.concat_tables([pq.read_table(f) for f in data_files])
     assert data.schema.remove_metadata() == schema.PAIR_SCHEMA
-    rejects_files = manifest_files(load_manifest(str(out)), "rejects")
+    rejects_files = load_manifest(str(out)).paths("rejects")
     rejects = pa.concat_tables([pq.read_table(f) for f in rejects_files])
     assert counts["rows"] == data.num_rows
     assert counts["quarantined"] + counts["duplicates"] + counts["contaminated"] == (

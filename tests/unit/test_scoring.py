@@ -128,20 +128,20 @@ def test_stage_scores_every_pair_and_reruns_only_missing_shards(pairs_dir, tiny,
     manifest = load_manifest(score_pairs(config, progress=False))
     pairs_manifest = load_manifest(pairs_dir)
     files = sorted((tmp_path / "scores" / "data").glob("*.parquet"))
-    assert manifest["num_shards"] == pairs_manifest["num_shards"] == len(files) == 3
-    assert manifest["rows"] == manifest["counts"]["rows"] == pairs_manifest["rows"] > 200
-    assert manifest["parents"] == [f"{pairs_dir}/manifest.json"]
+    assert manifest.num_shards == pairs_manifest.num_shards == len(files) == 3
+    assert manifest.rows == manifest.counts["rows"] == pairs_manifest.rows > 200
+    assert manifest.parents == (f"{pairs_dir}/manifest.json",)
     for file in files:
         assert pq.read_schema(file).remove_metadata().equals(SCORE_SCHEMA)
 
     scores = pl.read_parquet(files)
-    pairs = _pairs(pairs_dir, pairs_manifest["rows"])
+    pairs = _pairs(pairs_dir, pairs_manifest.rows)
     assert scores["pair_id"].to_list() == pairs["pair_id"].to_list()  # input order, all rows
     diff = scores["r_chosen"].to_numpy() - scores["r_rejected"].to_numpy()
     np.testing.assert_allclose(scores["p"].to_numpy(), 1 / (1 + np.exp(-diff)), rtol=1e-12)
     tokens = scores.select("chosen_tokens", "rejected_tokens").to_numpy()
     assert tokens.max() == MAX_LENGTH and tokens.min() > 0
-    assert manifest["counts"]["tokens"] == tokens.sum()
+    assert manifest.counts["tokens"] == tokens.sum()
     model, tokenizer = cached_reward_model(tiny, MAX_LENGTH)
     r_chosen, _ = score_table(
         model,
@@ -183,7 +183,7 @@ def test_new_weights_at_the_same_path_are_scored_anew(pairs_dir, tmp_path):
     shutil.copytree(other, model_dir, dirs_exist_ok=True)  # new weights, same path
     second = load_manifest(score_pairs(config, progress=False))
     rescored = pl.read_parquet(tmp_path / "s" / "data")
-    assert second["run_id"] != first["run_id"]
+    assert second.run_id != first.run_id
     assert all(_mtimes(tmp_path / "s")[name] != stamp for name, stamp in stamps.items())
     assert rescored["pair_id"].equals(scores["pair_id"])
     assert not np.allclose(rescored["r_chosen"].to_numpy(), scores["r_chosen"].to_numpy())

@@ -52,7 +52,7 @@ def test_complementary_splits_partition_the_pairs(ingested, tmp_path):
     assert _ids(train).isdisjoint(_ids(held))
     assert _ids(train) | _ids(held) == _ids(every)
     assert 0.7 < train.num_rows / every.num_rows < 0.9
-    counts = train_manifest["counts"]
+    counts = train_manifest.counts
     assert counts["rows"] + counts["not_selected"] == counts["input_rows"] == every.num_rows
     # every row keeps its content: the selection is a filter, not a rewrite
     assert train.schema.equals(every.schema)
@@ -76,16 +76,16 @@ def test_status_and_source_filters(ingested, tmp_path):
     offsetbias, _ = _select(ingested, tmp_path / "ob", sources=["offsetbias"])
     assert set(offsetbias["status"].to_pylist()) == {"unverified"}
     none, manifest = _select(ingested, tmp_path / "none", sources=["nope"])
-    assert none.num_rows == 0 and manifest["counts"]["not_selected"] > 0
+    assert none.num_rows == 0 and manifest.counts["not_selected"] > 0
 
 
 def test_rerun_skips_and_another_input_is_not_served_from_old_shards(ingested, tmp_path):
     config = SelectConfig(input=ingested, out=str(tmp_path / "s"), split=(0.0, 0.5))
     first = load_manifest(run_stage(SelectStage(config), LOCAL))
     again = load_manifest(run_stage(SelectStage(config), LOCAL))
-    assert first["files"] == again["files"] and first["config_hash"] == again["config_hash"]
+    assert first.files == again.files and first.config_hash == again.config_hash
     other = SelectStage(config.model_copy(update={"split": (0.5, 1.0)}))
-    assert other.config_hash != first["config_hash"]
+    assert other.config_hash != first.config_hash
 
 
 @pytest.mark.parametrize("split", [(0.5, 0.5), (-0.1, 0.5), (0.2, 1.1), (0.8, 0.2)])

@@ -24,9 +24,9 @@ def test_byte_ranges_keep_every_line_and_its_number(tmp_path):
     run_ingest(_config(path, tmp_path / "many"), progress=False)
     run_ingest(_config(path, tmp_path / "one", shard_bytes=2**30), progress=False)
     many, one = load_manifest(str(tmp_path / "many")), load_manifest(str(tmp_path / "one"))
-    assert many["num_shards"] > 5 and one["num_shards"] == 1
-    assert many["counts"] == one["counts"]
-    assert many["counts"]["input_rows"] == 2312  # every line of the file, exactly once
+    assert many.num_shards > 5 and one.num_shards == 1
+    assert many.counts == one.counts
+    assert many.counts["input_rows"] == 2312  # every line of the file, exactly once
     a = read_dir(tmp_path / "many", "data/*.parquet").select("pair_id", "source_row")
     b = read_dir(tmp_path / "one", "data/*.parquet").select("pair_id", "source_row")
     assert a.equals(b)
