@@ -46,7 +46,7 @@ def prepare(work: Path) -> dict[str, str]:
     """Stage dirs of: train (80% of hh-rlhf), held-out (20%), PandaLM, LLMBar."""
     from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec
     from synpref_core.curation.select import SelectConfig, SelectStage
-    from synpref_core.executors import run_stage
+    from synpref_core.executors import run
     from synpref_core.ingest.pipeline import run_ingest
     from synpref_core.rm.evaluate import ingest_benchmark
 
@@ -56,7 +56,7 @@ def prepare(work: Path) -> dict[str, str]:
     stages = {}
     for name, split in (("train", (0.0, 0.8)), ("held-out", (0.8, 1.0))):
         select = SelectConfig(input=hh, out=str(work / name), split=split)
-        stages[name] = run_stage(SelectStage(select), local, progress=False)
+        stages[name] = run(SelectStage(select), local, progress=False)
     ingest_benchmark("pandalm", [str(DATA / "pandalm")], str(work / "pandalm"))
     ingest_benchmark("llmbar", [str(DATA / "llmbar" / "Dataset" / "LLMBar")], str(work / "llmbar"))
     return {**stages, "pandalm": str(work / "pandalm"), "llmbar": str(work / "llmbar")}

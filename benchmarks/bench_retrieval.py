@@ -16,7 +16,7 @@ fresh draws of the same mixture (as gold pairs are new points near the pool). Pe
   ``refine_factor`` / ``ef``; the cheapest setting with recall ≥ 0.95 is the one reported.
 
 **Embedding** (REAL texts: the first ``--records`` hh-rlhf harmless test records through the real
-ingest, rendered by ``render_text``): the embedding stage (``embed_pairs``, local executor, in
+ingest, rendered by ``render_text``): the embedding stage (``EmbedStage``, local executor, in
 process, Parquet in and out) against ``SentenceTransformer.encode`` of the same texts with the same
 loaded model (left truncation, 256 tokens), 32 texts per call in input order (the loop), and in
 one call (sentence-transformers then sorts all texts by length itself).
@@ -43,7 +43,8 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.bench_scoring import machine, prepare_pairs, read_pairs, timed
-from synpref_core.retrieval.embed import EmbedConfig, embed_pairs
+from synpref_core.executors import run
+from synpref_core.retrieval.embed import EmbedConfig, EmbedStage
 from synpref_core.retrieval.encoder import load_encoder, render_text, token_lengths
 from synpref_core.retrieval.store import AnnConfig, StoreConfig, VectorStore
 from synpref_core.retrieval.tables import table_schema
@@ -198,7 +199,7 @@ def embed_benchmark(records: int, repeat: int, root: Path) -> dict[str, Any]:
 
     def stage(r: int) -> np.ndarray:
         out = str(root / f"embeddings-{r}")
-        embed_pairs(config.model_copy(update={"out": out}), progress=False)
+        run(EmbedStage(config.model_copy(update={"out": out})), progress=False)
         table = pa.concat_tables(read_pairs_dir(out))
         return np.stack(table["vector"].to_numpy(zero_copy_only=False))
 
@@ -299,7 +300,7 @@ def embed_report(e: dict[str, Any]) -> list[str]:
     labels = {
         "loop": f"`encode` loop ({ENCODE_BATCH} texts per call, input order)",
         "one_call": f"`encode` of all texts in one call (it sorts them; batch {ENCODE_BATCH})",
-        "synpref": f"synpref `embed_pairs` (local executor, token budget {e['token_budget']:,})",
+        "synpref": f"synpref `EmbedStage` (local executor, token budget {e['token_budget']:,})",
     }
     synpref = median_wall(e["runs"]["synpref"])
     lines = [

@@ -6,7 +6,7 @@ ingest pipeline) and the same max length (256), in one process, one after the ot
 
 - **naive**: render, tokenize with ``padding="max_length"`` (256), batches of 32 sequences in
   input order, ``model(**batch)`` under ``torch.no_grad()``.
-- **synpref**: ``score_pairs`` with the local executor, in process: reads the pair Parquet,
+- **synpref**: ``ScoreStage`` with the local executor, in process: reads the pair Parquet,
   renders and tokenizes, scores in length-bucketed batches of at most ``token_budget`` tokens,
   writes the score Parquet, markers and manifest. The model is already in its per-process cache
   (every implementation gets a loaded model; the load is timed apart).
@@ -43,14 +43,15 @@ import pyarrow.parquet as pq
 import torch
 
 from synpref_core.config import IngestConfig, SourceSpec
+from synpref_core.executors import run
 from synpref_core.ingest.pipeline import run_ingest
 from synpref_core.rm.model import encode, render
 from synpref_core.rm.scoring import (
     DEFAULT_TOKEN_BUDGET,
     ScoreConfig,
+    ScoreStage,
     cached_reward_model,
     plan_batches,
-    score_pairs,
 )
 from synpref_core.stages import load_manifest
 
@@ -62,10 +63,10 @@ TARGET_VS_NAIVE = 3.0
 TARGET_VS_BOUND = 0.9
 LABELS = {
     "naive": f"naive (pad to {MAX_LENGTH}, batch {NAIVE_BATCH}, no sorting)",
-    "synpref": "synpref `score_pairs` (local executor)",
+    "synpref": "synpref `ScoreStage` (local executor)",
     "bound": "bound (forward passes only, same batches)",
     "bound_bf16": "bound, bf16 weights (informational)",
-    "synpref_bf16": "synpref `score_pairs`, `dtype: bfloat16` (opt-in)",
+    "synpref_bf16": "synpref `ScoreStage`, `dtype: bfloat16` (opt-in)",
 }
 
 
@@ -120,7 +121,7 @@ def run_synpref(pairs_dir: str, out: str, token_budget: int, dtype: str = "auto"
     config = ScoreConfig(
         pairs=pairs_dir, out=out, max_length=MAX_LENGTH, token_budget=token_budget, dtype=dtype
     )
-    score_pairs(config, progress=False)
+    run(ScoreStage(config), progress=False)
     scores = pq.read_table(sorted(Path(out, "data").glob("*.parquet")))
     rewards = np.concatenate([scores["r_chosen"].to_numpy(), scores["r_rejected"].to_numpy()])
     lengths = np.concatenate(
@@ -185,7 +186,7 @@ def benchmark(n: int, token_budget: int, repeat: int) -> dict[str, Any]:
         pairs_dir = prepare_pairs(n, Path(tmp))
         pairs = read_pairs(pairs_dir)
         start = time.perf_counter()
-        model, tokenizer = cached_reward_model("minilm", MAX_LENGTH)  # the one they all use
+        model, tokenizer = cached_reward_model("minilm")  # the one they all use
         load_s = time.perf_counter() - start
         bf16 = copy.deepcopy(model).to(torch.bfloat16)
         runs: dict[str, list[dict[str, float]]] = {k: [] for k in LABELS}

@@ -120,6 +120,13 @@ class ExecutorConfig(StrictModel):
         return value or None
 
 
+class ActorConfig(StrictModel):
+    """How a stage that holds a model spreads over Ray (never part of its identity)."""
+
+    actors: int = Field(2, ge=1, description="Ray executor: actors, each holding one model.")
+    num_gpus: float = Field(0, ge=0, description="Ray executor: GPUs each actor reserves.")
+
+
 class TrackingConfig(StrictModel):
     tracking_uri: str | None = Field(
         None, description="MLflow URI; None: SQLite at .synpref/mlflow.db with local artifacts."

@@ -1,62 +1,90 @@
 """Executors: run a stage's unfinished shards locally or on Ray, then write its manifest.
 
+:func:`run` is the one entry point. It plans the stage, skips every shard that already finished
+under the same identity, runs the rest, and writes the manifest from all results in shard order,
+so the output is the same whichever way it ran:
+
 - ``local`` with ``workers=1`` runs shards in this process, in order (debuggable, no start-up).
 - ``local`` with ``workers>1`` uses a forkserver process pool on this machine (a script
   using it needs the usual `if __name__ == "__main__":` guard).
 - ``ray`` submits one Ray task per shard to a local Ray (``ray.init()``) or to the cluster at
-  ``ray_address``. Ray is imported only here and only when asked for.
-- :func:`run_stage_on_actors` runs a stage that holds a model (``stage.load_model()``) on a pool
-  of Ray actors instead: each loads the model once, then takes shards until none is left.
+  ``ray_address``; a stage that holds a model (``stage.holds_model``) runs instead on a pool of
+  ``stage.actors`` Ray actors (``stage.num_gpus`` GPUs each) that each load the model once and
+  take shards until none is left. Ray is imported only here and only when asked for.
 
-The output is the same whichever runs it: shards are deterministic and the manifest is built from
-their results in shard order.
+A model stage's torch threads follow the CPUs its process was given: an actor's
+``cpus_per_shard``, a local pool worker's share of the cores (``$SYNPREF_TORCH_THREADS`` wins).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from synpref_core.config import ExecutorConfig
+from synpref_core.models import torch_threads
 from synpref_core.stages import ShardResult, Stage
 
 log = logging.getLogger(__name__)
 
 
-def run_stage(stage: Stage, executor: ExecutorConfig | None = None, progress: bool = True) -> str:
-    """Run ``stage`` to completion and return its manifest URI. Finished shards are skipped."""
+def run(
+    stage: Stage,
+    executor: ExecutorConfig | None = None,
+    progress: bool = True,
+    on_actors: bool | None = None,
+) -> str:
+    """Run ``stage`` to completion and return its manifest URI. Finished shards are skipped.
+
+    On Ray, a stage holding a model runs on actors unless ``on_actors=False`` asks for plain
+    tasks (the model then loads once per Ray worker process, which an autoscaling cluster may
+    prefer)."""
     executor = executor or ExecutorConfig()
+    holds_model = getattr(stage, "holds_model", False)
+    actors = holds_model if on_actors is None else on_actors
     specs = stage.plan()
-    results: dict[int, ShardResult] = {}
-    todo: list[int] = []
-    for index in range(len(specs)):
-        done = stage.finished_result(index)
-        if done is None:
-            todo.append(index)
-        else:
-            results[index] = done
+    results = {i: r for i in range(len(specs)) if (r := stage.finished_result(i)) is not None}
+    todo = [i for i in range(len(specs)) if i not in results]
     log.info(
         "%s: %d shards, %d to run, %d already done", stage.name, len(specs), len(todo), len(results)
     )
+    if todo and holds_model:
+        stage.threads = torch_threads(_cpus_per_process(executor))
     bar = tqdm(
         total=len(specs), initial=len(results), desc=stage.name, unit="shard", disable=not progress
     )
     with bar:
-        for result in _map(stage, specs, todo, executor):
+        for result in _map(stage, specs, todo, executor, actors):
             results[result["shard"]] = result
             bar.update(1)
             bar.set_postfix(rows=sum(r["counts"].get("rows", 0) for r in results.values()))
     return stage.write_manifest(specs, [results[i] for i in range(len(specs))])
 
 
-def _map(stage: Stage, specs: list[dict[str, Any]], todo: list[int], executor: ExecutorConfig):
+def _cpus_per_process(executor: ExecutorConfig) -> float | None:
+    if executor.kind == "ray":
+        return executor.cpus_per_shard
+    return (os.cpu_count() or 1) / executor.workers if executor.workers > 1 else None
+
+
+def _map(
+    stage: Stage,
+    specs: list[dict[str, Any]],
+    todo: list[int],
+    executor: ExecutorConfig,
+    actors: bool,
+) -> Iterator[ShardResult]:
     if not todo:
         return
-    if executor.kind == "ray":
+    if executor.kind == "ray" and actors:
+        yield from _map_ray_actors(stage, specs, todo, executor)
+    elif executor.kind == "ray":
         yield from _map_ray(stage, specs, todo, executor)
     elif executor.workers > 1 and len(todo) > 1:
         context = _pool_context(stage)
@@ -109,9 +137,6 @@ def _execute(stage: Stage, index: int, spec: dict[str, Any]) -> ShardResult:
     return stage.execute_shard(index, spec)
 
 
-# -- a pool of Ray actors that each load a model once ----------------------------------------
-
-
 class StageActor:
     """The body of one Ray actor: it loads the stage's model when it starts (``load_model()``,
     cached per process by the stage), then runs shards."""
@@ -124,49 +149,31 @@ class StageActor:
         return self.stage.execute_shard(index, spec)
 
 
-def run_stage_on_actors(
-    stage: Stage,
-    executor: ExecutorConfig,
-    actors: int,
-    num_gpus: float = 0,
-    progress: bool = True,
-) -> str:
-    """Run ``stage``'s unfinished shards on up to ``actors`` Ray actors of
-    ``executor.cpus_per_shard`` CPUs and ``num_gpus`` GPUs each; return its manifest URI.
-
-    ``stage`` must have a ``load_model()`` method: each actor calls it once when it starts. An
-    actor that dies is restarted and its shard retried (shards are idempotent). Finished shards
-    are skipped, and a stage with none left starts no actor.
-    """
+def _map_ray_actors(
+    stage: Any, specs: list[dict[str, Any]], todo: list[int], executor: ExecutorConfig
+) -> Iterator[ShardResult]:
+    """Shards on up to ``stage.actors`` Ray actors of ``executor.cpus_per_shard`` CPUs and
+    ``stage.num_gpus`` GPUs each. An actor that dies is restarted and its shard retried
+    (shards are idempotent)."""
     import ray
     from ray.util import ActorPool
 
-    if not callable(getattr(stage, "load_model", None)):
-        raise TypeError(f"{stage.name}: a stage run on actors needs a load_model() method")
     ensure_ray(executor)
-    specs = stage.plan()
-    results = {i: r for i in range(len(specs)) if (r := stage.finished_result(i)) is not None}
-    todo = [i for i in range(len(specs)) if i not in results]
-    log.info("%s: %d shards, %d to run on Ray", stage.name, len(specs), len(todo))
-    if todo:
-        actor = ray.remote(
-            num_cpus=executor.cpus_per_shard,
-            num_gpus=num_gpus,
-            max_restarts=1,
-            max_task_retries=1,
+    actor = ray.remote(
+        num_cpus=executor.cpus_per_shard,
+        num_gpus=stage.num_gpus,
+        max_restarts=1,
+        max_task_retries=1,
+    )
+    count = _actor_count(stage.name, stage.actors, executor, len(todo), stage.num_gpus)
+    workers = [actor(StageActor).remote(stage) for _ in range(count)]
+    try:
+        yield from ActorPool(workers).map_unordered(
+            lambda worker, i: worker.execute_shard.remote(i, specs[i]), todo
         )
-        count = _actor_count(stage.name, actors, executor, len(todo), num_gpus)
-        workers = [actor(StageActor).remote(stage) for _ in range(count)]
-        try:
-            shards = ActorPool(workers).map_unordered(
-                lambda worker, i: worker.execute_shard.remote(i, specs[i]), todo
-            )
-            for result in tqdm(shards, total=len(todo), desc=stage.name, disable=not progress):
-                results[result["shard"]] = result
-        finally:
-            for worker in workers:
-                ray.kill(worker)
-    return stage.write_manifest(specs, [results[i] for i in range(len(specs))])
+    finally:
+        for worker in workers:
+            ray.kill(worker)
 
 
 def _actor_count(

@@ -12,15 +12,20 @@ Executors (``synpref_core.executors``) own the loop; stages never import Ray.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypedDict
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
+from synpref_core.config import config_hash
 from synpref_core.io import fs as fsio
+from synpref_core.schema import fingerprint
 
 
 class FileEntry(TypedDict):
@@ -238,3 +243,155 @@ def _stream(uris: list[str], columns: list[str] | None, batch_rows: int):
         fs, path = fsio.resolve(uri)
         with fs.open_input_file(path) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+# -- the one identity rule and the map stage -------------------------------------------------
+
+
+def stage_identity(
+    name: str,
+    config: BaseModel,
+    runtime_fields: AbstractSet[str] = frozenset(),
+    parents: Sequence[Manifest] = (),
+    model: str = "",
+) -> str:
+    """The config hash of every derived stage: what its output depends on, and nothing else.
+
+    That is the stage's name, its config less the fields that only say how or where it runs
+    (``runtime_fields``: ``out``, ``actors``...), the run ids of the stages it reads (new input,
+    new output) and the fingerprint of the model it holds, if any (new weights at the same path,
+    new output)."""
+    return config_hash(
+        {
+            "stage": name,
+            "config": config.model_dump(mode="json", exclude=set(runtime_fields)),
+            "parents": [parent.run_id for parent in parents],
+            "model": model,
+        }
+    )
+
+
+class MapStage(Stage):
+    """One output file per data file of a finished parent stage, in the same order, computed
+    ``batch_rows`` rows at a time: the shape of scoring, embedding, selection, and of the
+    attribute, judging and consistency stages built on them.
+
+    A subclass sets ``name`` and ``columns`` (the parent columns it reads; None: all),
+    implements :meth:`map_batch` (input rows → output rows) and gives the output schema
+    (``output_schema``, or :meth:`schema_for` when it depends on the model). A stage that holds
+    a model also sets ``holds_model = True`` and implements :meth:`load_model` (once per
+    process: use :func:`synpref_core.models.cached_model`) and :meth:`fingerprint_model` (part
+    of the identity, kept as ``model_version``); executors then run it on Ray actors that each
+    load the model once, with ``threads`` torch threads. Its config needs ``out``; ``batch_rows``,
+    ``actors`` and ``num_gpus`` are read when present. For example, a stage that keeps the pairs
+    an RM already ranks right::
+
+        class AgreeConfig(StrictModel):
+            scores: str = Field(description="A finished score stage.")
+            margin: float = 0.0
+            out: str
+            batch_rows: int = 10_000
+
+        class AgreeStage(MapStage):
+            name = "agree"
+            columns = ["pair_id", "p"]
+            output_schema = pa.schema([("pair_id", pa.string()), ("p", pa.float64())])
+
+            def __init__(self, config: AgreeConfig):
+                super().__init__(config, parent=config.scores)
+
+            def map_batch(self, batch: pa.RecordBatch, model: None) -> pa.Table:
+                table = pa.Table.from_batches([batch])
+                return table.filter(pc.greater(table["p"], 0.5 + self.settings.margin))
+
+            def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
+                return {"disagree": batch.num_rows - out.num_rows}
+
+        manifest = executors.run(AgreeStage(AgreeConfig(scores=..., out=...)), executor)
+
+    Markers, re-runs that skip finished shards, the manifest and the identity (the config less
+    ``runtime_fields``, the parent's run id, the model's fingerprint) come from here.
+    """
+
+    columns: ClassVar[list[str] | None] = None
+    output_schema: ClassVar[pa.Schema | None] = None
+    holds_model: ClassVar[bool] = False
+    runtime_fields: ClassVar[frozenset[str]] = frozenset({"out", "actors", "num_gpus"})
+
+    def __init__(self, config: BaseModel, parent: str):
+        self.parent = load_manifest(parent)  # fails here, naming the path, if unfinished
+        self.settings = config
+        self.threads: int | None = None  # set by the executor: how it runs, never what
+        self.model_version = self.fingerprint_model() if self.holds_model else ""
+        identity = stage_identity(
+            self.name, config, self.runtime_fields, [self.parent], self.model_version
+        )
+        super().__init__(config.out, config.model_dump(mode="json"), identity, [self.parent.uri])
+
+    # -- what a subclass gives ----------------------------------------------------------------
+
+    @abstractmethod
+    def map_batch(self, batch: pa.RecordBatch, model: Any) -> pa.Table:
+        """The output rows of one batch of input rows."""
+
+    def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
+        """Counts of one batch beyond ``rows`` (summed per shard and over the stage)."""
+        return {}
+
+    def schema_for(self, model: Any) -> pa.Schema:
+        if self.output_schema is None:
+            raise NotImplementedError(f"{self.name}: set output_schema or override schema_for")
+        return self.output_schema
+
+    def fingerprint_model(self) -> str:
+        """The fingerprint of the model the stage holds (stages with ``holds_model``)."""
+        raise NotImplementedError(f"{self.name}: a stage holding a model must fingerprint it")
+
+    def load_model(self) -> Any:
+        """The model, loaded at most once per process; None for stages without one."""
+        return None
+
+    # -- what the base does -------------------------------------------------------------------
+
+    @property
+    def actors(self) -> int:
+        return getattr(self.settings, "actors", 1)
+
+    @property
+    def num_gpus(self) -> float:
+        return getattr(self.settings, "num_gpus", 0)
+
+    def schemas(self) -> dict[str, str]:
+        return {"data": fingerprint(self.output_schema)} if self.output_schema else {}
+
+    def plan(self) -> list[dict[str, Any]]:
+        return [{"input": f["path"], "rows": f["rows"]} for f in self.parent.entries("data")]
+
+    def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
+        from synpref_core.models import using_torch_threads
+
+        threads = using_torch_threads(self.threads) if self.holds_model else nullcontext()
+        with threads:
+            return self._map_file(index, spec)
+
+    def _map_file(self, index: int, spec: dict[str, Any]) -> ShardResult:
+        model = self.load_model()
+        in_fs, in_path = fsio.resolve(fsio.join(self.parent.dir, spec["input"]))
+        fs, root = fsio.resolve(self.out)
+        rel = f"data/{part_name(index)}.parquet"
+        counts: dict[str, int] = {"rows": 0}
+        batch_rows = getattr(self.settings, "batch_rows", 10_000)
+        with (
+            fsio.AtomicParquetWriter(fs, fsio.join(root, rel), self.schema_for(model)) as out,
+            in_fs.open_input_file(in_path) as f,
+        ):
+            for batch in pq.ParquetFile(f).iter_batches(batch_rows, columns=self.columns):
+                table = self.map_batch(batch, model)
+                out.write(table)
+                for key, value in {
+                    "rows": table.num_rows,
+                    **self.batch_counts(batch, table),
+                }.items():
+                    counts[key] = counts.get(key, 0) + value
+        entry: FileEntry = {"path": rel, "kind": "data", "rows": out.rows, "bytes": out.size()}
+        return {"shard": index, "files": [entry], "counts": counts}

@@ -6,18 +6,18 @@ from __future__ import annotations
 from prefect import task
 
 from synpref_core.config import ExecutorConfig
-from synpref_core.executors import run_stage
-from synpref_core.retrieval.embed import EmbedConfig, embed_pairs
+from synpref_core.executors import run
+from synpref_core.retrieval.embed import EmbedConfig, EmbedStage
 from synpref_core.retrieval.round import RetrieveConfig, RetrieveStage
 from synpref_core.retrieval.store import StoreConfig, VectorStore
 from synpref_core.retrieval.tables import add_embeddings
-from synpref_core.rm.scoring import ScoreConfig, score_pairs
+from synpref_core.rm.scoring import ScoreConfig, ScoreStage
 
 
 @task(name="embed-pairs")
 def embed(config: EmbedConfig, executor: ExecutorConfig) -> str:
     """Embed a pair stage (Ray actors holding the model; finished shards skipped)."""
-    return embed_pairs(config, executor)
+    return run(EmbedStage(config), executor)
 
 
 @task(name="index-embeddings")
@@ -39,11 +39,11 @@ def index_embeddings(store: StoreConfig, embeddings: list[str]) -> dict[str, int
 @task(name="score-gold")
 def score_gold(config: ScoreConfig, executor: ExecutorConfig) -> str:
     """p = σ(r_chosen − r_rejected) of every gold pair under the current best RM."""
-    return score_pairs(config, executor)
+    return run(ScoreStage(config), executor)
 
 
 @task(name="retrieve-candidates")
 def retrieve(config: RetrieveConfig) -> str:
     """Adaptive-k retrieval of pool candidates for one round; returns the manifest URI."""
     # One shard that reads the store: in this process, whatever the executor.
-    return run_stage(RetrieveStage(config), ExecutorConfig(kind="local"))
+    return run(RetrieveStage(config), ExecutorConfig(kind="local"))

@@ -15,19 +15,16 @@ Every input row is accounted for: ``rows + not_selected = input_rows``, per shar
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from synpref_core import schema
-from synpref_core.config import StrictModel, config_hash
-from synpref_core.io import fs as fsio
+from synpref_core.config import StrictModel
 from synpref_core.schema import Status
-from synpref_core.stages import ShardResult, Stage, load_manifest, part_name
+from synpref_core.stages import MapStage
 
 HASH_BUCKETS = 1 << 32  # split resolution: fractions are exact to ~2e-10
 
@@ -86,47 +83,19 @@ def select_mask(table: pa.Table, config: PairFilter) -> np.ndarray:
     return keep
 
 
-class SelectStage(Stage):
+class SelectStage(MapStage):
     """One output shard per data file of the input stage, filtered by :func:`select_mask`."""
 
     name = "select"
+    output_schema = schema.PAIR_SCHEMA
+    runtime_fields = frozenset({"out", "batch_rows"})
 
     def __init__(self, config: SelectConfig):
-        identity = config.model_dump(mode="json", exclude={"out", "batch_rows"})
-        parent = load_manifest(config.input)
-        # The parent's run id makes the identity follow the input's content, not only its path.
-        identity["input_run"] = parent.run_id
-        super().__init__(
-            out=config.out,
-            config=config.model_dump(mode="json"),
-            config_hash=config_hash(identity),
-            parents=[config.input],
-        )
-        self.select = config
-        self.parent = parent
+        super().__init__(config, parent=config.input)
 
-    def schemas(self) -> dict[str, str]:
-        return {"data": schema.fingerprint(schema.PAIR_SCHEMA)}
+    def map_batch(self, batch: pa.RecordBatch, model: None) -> pa.Table:
+        table = pa.Table.from_batches([batch])
+        return table.filter(pa.array(select_mask(table, self.settings)))
 
-    def plan(self) -> list[dict[str, Any]]:
-        return [{"file": path} for path in self.parent.paths("data")]
-
-    def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        fs, root = fsio.resolve(self.out)
-        rel = f"data/{part_name(index)}.parquet"
-        in_fs, in_path = fsio.resolve(spec["file"])
-        seen = 0
-        with (
-            fsio.AtomicParquetWriter(fs, fsio.join(root, rel), schema.PAIR_SCHEMA) as out,
-            in_fs.open_input_file(in_path) as f,
-        ):
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=self.select.batch_rows):
-                table = pa.Table.from_batches([batch])
-                out.write(table.filter(pa.array(select_mask(table, self.select))))
-                seen += table.num_rows
-        counts = {"input_rows": seen, "rows": out.rows, "not_selected": seen - out.rows}
-        return {
-            "shard": index,
-            "files": [{"path": rel, "kind": "data", "rows": out.rows, "bytes": out.size()}],
-            "counts": counts,
-        }
+    def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
+        return {"input_rows": batch.num_rows, "not_selected": batch.num_rows - out.num_rows}

@@ -30,7 +30,7 @@ from synpref_core import schema
 from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec, config_hash
 from synpref_core.curation.decontam import benchmark_ngrams, contaminated_rows, conversation_texts
 from synpref_core.curation.validate import validate_draft
-from synpref_core.executors import run_stage
+from synpref_core.executors import run
 from synpref_core.ingest import columnar
 from synpref_core.ingest.formats import ADAPTERS, document_records
 from synpref_core.ingest.readers import (
@@ -433,8 +433,8 @@ def run_ingest(
     config: IngestConfig, executor: ExecutorConfig | None = None, progress: bool = True
 ) -> str:
     """Run both ingest stages; return the final manifest URI (``OUT/manifest.json``)."""
-    normalized = run_stage(IngestStage(config), executor, progress)
-    return run_stage(DedupStage(config, normalized), executor, progress)
+    normalized = run(IngestStage(config), executor, progress)
+    return run(DedupStage(config, normalized), executor, progress)
 
 
 def ingest_counts(out: str) -> dict[str, int]:

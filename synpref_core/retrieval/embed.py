@@ -13,29 +13,26 @@ store refuses rows of a fingerprint other than its own.
 
 Run locally::
 
-    embed_pairs(EmbedConfig(pairs="OUT/ingest", out="OUT/embeddings"), ExecutorConfig())
+    executors.run(EmbedStage(EmbedConfig(pairs="OUT/ingest", out="OUT/embeddings")))
 
-At scale, ``ExecutorConfig(kind="ray", ...)`` with ``EmbedConfig(actors=N)`` starts N Ray actors
-of ``cpus_per_shard`` CPUs (add GPUs through the cluster's defaults) that load the model once
-and take shards until none is left; ``run_stage`` with the plain Ray executor works too (one
-task per shard, the model cached per worker process). Torch threads per process follow
+At scale, ``ExecutorConfig(kind="ray", ...)`` with ``EmbedConfig(actors=N, num_gpus=G)`` starts
+N Ray actors of ``cpus_per_shard`` CPUs and G GPUs that load the model once and take shards until
+none is left; ``executors.run(..., on_actors=False)`` runs plain Ray tasks instead (one task per
+shard, the model cached per worker process). Torch threads per process follow
 ``$SYNPREF_TORCH_THREADS`` or the CPUs given, as in scoring.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-from typing import Any, Literal
+from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from synpref_core.config import DEFAULT_HOME, ExecutorConfig, StrictModel, config_hash
-from synpref_core.executors import run_stage, run_stage_on_actors
+from synpref_core.config import DEFAULT_HOME, ActorConfig
 from synpref_core.io import fs as fsio
 from synpref_core.retrieval.encoder import (
     DEFAULT_ATTRIBUTES,
@@ -49,9 +46,9 @@ from synpref_core.rm.model import DEFAULT_BACKBONE
 
 # The scorer's token budget (4,096 padded tokens, measured fastest for MiniLM on CPU): the same
 # encoder stack, the same batching.
-from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET, torch_threads, using_torch_threads
+from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET
 from synpref_core.schema import fingerprint
-from synpref_core.stages import ShardResult, Stage, load_manifest, part_name
+from synpref_core.stages import MapStage, part_name
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +69,7 @@ def embed_schema(dim: int) -> pa.Schema:
     )
 
 
-class EmbedConfig(StrictModel):
+class EmbedConfig(ActorConfig):
     """What to embed with which model. Its hash (less ``out``, ``actors``) and the model's
     fingerprint name the output."""
 
@@ -88,29 +85,28 @@ class EmbedConfig(StrictModel):
     )
     pairs: str = Field(description="Input: a finished pair stage (its directory or manifest).")
     out: str = Field(str(DEFAULT_HOME / "embeddings"), description="Output directory or URI.")
-    actors: int = Field(2, ge=1, description="Ray executor: actors, each holding one model.")
     batch_rows: int = Field(4096, ge=1, description="Pairs read, sorted and embedded at a time.")
 
 
-class EmbedStage(Stage):
+class EmbedStage(MapStage):
     """One output shard per data file of the input pair manifest, in the same order."""
 
     name = "embed"
+    holds_model = True
 
-    def __init__(self, config: EmbedConfig, threads: int | None = None):
-        parent = load_manifest(config.pairs)  # fails here, naming the path, if unfinished
-        self.model_version = model_version(config.model, config.attributes, config.max_chars)
-        identity = config_hash(config.model_copy(update={"out": "", "actors": 1}))
-        payload = [identity, parent.run_id, self.model_version]
-        super().__init__(
-            out=config.out,
-            config=config.model_dump(mode="json"),
-            config_hash=hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16],
-            parents=[parent.uri],
-        )
-        self.embed = config
-        self.pairs_dir = parent.dir
-        self.threads = threads  # how this process runs, never what it computes
+    def __init__(self, config: EmbedConfig):
+        super().__init__(config, parent=config.pairs)
+        self.columns = ["pair_id", "conversation", *config.attributes]
+
+    def fingerprint_model(self) -> str:
+        embed = self.settings
+        return model_version(embed.model, embed.attributes, embed.max_chars)
+
+    def load_model(self) -> Encoder:
+        return load_encoder(self.settings.model)
+
+    def schema_for(self, model: Encoder) -> pa.Schema:
+        return embed_schema(model.dim)
 
     def schemas(self) -> dict[str, str]:
         # The width of the vectors is the model's: read it from what the shards wrote.
@@ -121,81 +117,31 @@ class EmbedStage(Stage):
         with fs.open_input_file(first) as f:
             return {"data": fingerprint(pq.read_schema(f))}
 
-    def plan(self) -> list[dict[str, Any]]:
-        parent = load_manifest(self.embed.pairs)
-        return [{"input": f["path"], "rows": f["rows"]} for f in parent.entries("data")]
-
-    def load_model(self) -> Encoder:
-        return load_encoder(self.embed.model)
-
-    def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        with using_torch_threads(self.threads):
-            return self._run_shard(index, spec)
-
-    def _run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        encoder = self.load_model()
-        schema = embed_schema(encoder.dim)
-        in_fs, in_path = fsio.resolve(fsio.join(self.pairs_dir, spec["input"]))
-        fs, root = fsio.resolve(self.out)
-        rel = f"data/{part_name(index)}.parquet"
-        counts = {"rows": 0, "tokens": 0}
-        columns = ["pair_id", "conversation", *self.embed.attributes]
-        with (
-            fsio.AtomicParquetWriter(fs, fsio.join(root, rel), schema) as out,
-            in_fs.open_input_file(in_path) as f,
-        ):
-            for batch in pq.ParquetFile(f).iter_batches(self.embed.batch_rows, columns=columns):
-                table = self._embed_batch(encoder, schema, batch)
-                out.write(table)
-                counts["rows"] += table.num_rows
-                counts["tokens"] += int(table["tokens"].to_numpy().sum())
-        return {
-            "shard": index,
-            "files": [{"path": rel, "kind": "data", "rows": out.rows, "bytes": out.size()}],
-            "counts": counts,
-        }
-
-    def _embed_batch(self, encoder: Encoder, schema: pa.Schema, batch: pa.RecordBatch) -> pa.Table:
+    def map_batch(self, batch: pa.RecordBatch, model: Encoder) -> pa.Table:
+        embed = self.settings
         attributes = {
             name: [a["value"] if a else None for a in batch.column(name).to_pylist()]
-            for name in self.embed.attributes
+            for name in embed.attributes
         }
         texts = [
             render_text(
                 conversation,
                 {name: values[row] for name, values in attributes.items()},
-                self.embed.max_chars,
+                embed.max_chars,
             )
             for row, conversation in enumerate(batch.column("conversation").to_pylist())
         ]
-        vectors, tokens = embed_texts(encoder, texts, self.embed.token_budget)
+        vectors, tokens = embed_texts(model, texts, embed.token_budget)
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
         n = batch.num_rows
         columns = {
             "pair_id": batch.column("pair_id"),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, encoder.dim),
-            "model": pa.array([self.embed.model] * n, pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, model.dim),
+            "model": pa.array([embed.model] * n, pa.string()),
             "model_version": pa.array([self.model_version] * n, pa.string()),
             "tokens": pa.array(tokens, pa.int32()),
         }
-        return pa.table(columns, schema=schema)
+        return pa.table(columns, schema=self.schema_for(model))
 
-
-# -- running it ------------------------------------------------------------------------------
-
-
-def embed_pairs(
-    config: EmbedConfig, executor: ExecutorConfig | None = None, progress: bool = True
-) -> str:
-    """Embed every pair of ``config.pairs`` into ``config.out``; return the manifest URI.
-
-    ``local``: in this process (or a local pool with ``workers > 1``). ``ray``: ``config.actors``
-    actors of ``executor.cpus_per_shard`` CPUs, each loading the model once. Finished shards
-    are skipped either way, and both write the same vectors at the same thread count.
-    """
-    executor = executor or ExecutorConfig()
-    if executor.kind == "ray":
-        stage = EmbedStage(config, torch_threads(executor.cpus_per_shard))
-        return run_stage_on_actors(stage, executor, config.actors, progress=progress)
-    cpus = (os.cpu_count() or 1) / executor.workers if executor.workers > 1 else None
-    return run_stage(EmbedStage(config, torch_threads(cpus)), executor, progress)
+    def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
+        return {"tokens": pc.sum(out["tokens"]).as_py() or 0}

@@ -35,15 +35,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from synpref_core.rm.model import DEFAULT_BACKBONE, resolve_backbone
+from synpref_core.models import cached_model, model_dir, model_fingerprint
+from synpref_core.rm.model import DEFAULT_BACKBONE
 from synpref_core.rm.scoring import plan_batches
 
 log = logging.getLogger(__name__)
@@ -51,10 +50,6 @@ log = logging.getLogger(__name__)
 TEMPLATE_VERSION = 1  # bump when render_text changes: it changes every vector
 DEFAULT_ATTRIBUTES: tuple[str, ...] = ("task_category", "objectivity", "controversiality")
 ATTRIBUTE_CHARS = 500  # one attribute value at most; free-text ones must not crowd out x
-# Whole files hashed up to this size; a bigger one (weights) by its size, head and tail, which
-# changes with any retraining or conversion while costing milliseconds for a multi-GB file.
-_FULL_HASH_BYTES = 64 * 2**20
-_EDGE_BYTES = 8 * 2**20
 
 
 def render_text(
@@ -73,36 +68,10 @@ def render_text(
     return "\n".join(lines)
 
 
-def model_dir(name_or_path: str) -> Path:
-    """The local directory of a sentence-transformers model: a path, ``minilm``, or a hub name
-    (from the Hugging Face cache; downloaded only where the environment allows it)."""
-    path = Path(resolve_backbone(name_or_path))
-    if path.exists():
-        return path
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(name_or_path))
-
-
-def files_digest(directory: Path) -> str:
-    """A content hash of every file below ``directory`` (names, sizes and bytes)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(directory).as_posix()}\0{path.stat().st_size}\0".encode())
-        with path.open("rb") as f:
-            if path.stat().st_size <= _FULL_HASH_BYTES:
-                digest.update(f.read())
-            else:
-                digest.update(f.read(_EDGE_BYTES))
-                f.seek(-_EDGE_BYTES, os.SEEK_END)
-                digest.update(f.read())
-    return digest.hexdigest()
-
-
 def model_version(name_or_path: str, attributes: Sequence[str], max_chars: int) -> str:
     """Fingerprint of the vector space: model files + text template + its settings (16 hex)."""
     identity = {
-        "files": files_digest(model_dir(name_or_path)),
+        "files": model_fingerprint(name_or_path),
         "template": TEMPLATE_VERSION,
         "attributes": list(attributes),
         "max_chars": max_chars,
@@ -123,24 +92,23 @@ class Encoder:
         return self.model.tokenizer
 
 
-_ENCODERS: dict[str, Encoder] = {}
-
-
 def load_encoder(name_or_path: str = DEFAULT_BACKBONE) -> Encoder:
-    """The model in eval mode, loaded at most once per process (each Ray actor loads it once)."""
+    """The model in eval mode, loaded at most once per process (each Ray actor loads it once;
+    :func:`~synpref_core.models.cached_model`)."""
     path = str(model_dir(name_or_path))
-    if path not in _ENCODERS:
-        from sentence_transformers import SentenceTransformer
+    return cached_model("encoder", path, (model_fingerprint(path),), lambda: _load(path))
 
-        model = SentenceTransformer(path, local_files_only=True)
-        model.eval()
-        # Cut from the left: keep the latest turn and the attributes (see the module docstring).
-        model.tokenizer.truncation_side = "left"
-        dim = model.get_embedding_dimension()
-        max_tokens = model.max_seq_length or model.tokenizer.model_max_length
-        log.info("loaded encoder %s (dim %d) in process %d", path, dim, os.getpid())
-        _ENCODERS[path] = Encoder(model=model, dim=int(dim), max_tokens=int(max_tokens))
-    return _ENCODERS[path]
+
+def _load(path: str) -> Encoder:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, local_files_only=True)
+    model.eval()
+    # Cut from the left: keep the latest turn and the attributes (see the module docstring).
+    model.tokenizer.truncation_side = "left"
+    max_tokens = model.max_seq_length or model.tokenizer.model_max_length
+    dim = int(model.get_embedding_dimension())
+    return Encoder(model=model, dim=dim, max_tokens=int(max_tokens))
 
 
 def token_lengths(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:

@@ -22,12 +22,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from synpref_core.config import StrictModel, config_hash
+from synpref_core.config import StrictModel
 from synpref_core.io import fs as fsio
 from synpref_core.retrieval.retrieve import CANDIDATE_SCHEMA, RetrievalConfig, retrieve_candidates
 from synpref_core.retrieval.store import StoreConfig, VectorStore
 from synpref_core.schema import fingerprint
-from synpref_core.stages import ShardResult, Stage, iter_batches, load_manifest, part_name
+from synpref_core.stages import (
+    ShardResult,
+    Stage,
+    iter_batches,
+    load_manifest,
+    part_name,
+    stage_identity,
+)
 
 ROUND_CANDIDATE_SCHEMA = CANDIDATE_SCHEMA.append(pa.field("round", pa.int32(), nullable=False))
 
@@ -47,12 +54,11 @@ class RetrieveStage(Stage):
 
     def __init__(self, config: RetrieveConfig):
         scores = load_manifest(config.scores)
-        identity = config.model_dump(mode="json", exclude={"out"})
-        identity["scores_run"] = scores.run_id  # new confidences, new candidates
         super().__init__(
             out=config.out,
             config=config.model_dump(mode="json"),
-            config_hash=config_hash(identity),
+            # new confidences (the scores' run id), new candidates
+            config_hash=stage_identity(self.name, config, {"out"}, [scores]),
             parents=[config.scores],
         )
         self.retrieve = config

@@ -1,6 +1,6 @@
 """Training data for the reward model: one rank's shard of a pair manifest, the seeded and
 length-windowed order it is trained in, token ids, padded batches, and batched scoring of
-encoded pairs (the gold eval during training).
+encoded pairs (the gold eval during training: :func:`score_encoded_pairs`).
 
     pairs, total = read_shard(manifest, rank, world_size)
     for step, last_micro, rows in micro_batches(pair_lengths(pairs), micro, accum, seed, 0, n):
@@ -97,7 +97,7 @@ def collate(tokenizer: Any, chosen: list[list[int]], rejected: list[list[int]]) 
     return dict(tokenizer.pad({"input_ids": chosen + rejected}, return_tensors="pt"))
 
 
-def score_pairs(
+def score_encoded_pairs(
     model: Any, tokenizer: Any, chosen: list, rejected: list, batch: int, batches: int
 ) -> tuple[list[float], list[float]]:
     """(chosen, rejected) rewards of encoded pairs from the plain model, batched by length, in

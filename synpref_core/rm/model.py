@@ -14,11 +14,17 @@ conversation followed by a candidate assistant response (DESIGN §4).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 DEFAULT_BACKBONE = "minilm"
+# Written beside an exported model by training (rm/train.py): how it scored on gold, and what it
+# was trained with (profile, max_length...), so scoring uses the model's own max_length.
+EVAL_FILE = "synpref_eval.json"
+TRAINING_FILE = "synpref_training.json"
+FALLBACK_MAX_LENGTH = 256  # tokens per side for a model that records none
 _ROLE_NAMES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
 
@@ -29,6 +35,15 @@ def resolve_backbone(name_or_path: str) -> str:
 
         return str(get_model_path())
     return name_or_path
+
+
+def trained_max_length(name_or_path: str) -> int:
+    """The tokens per side a model was trained with (its ``synpref_training.json``), else
+    :data:`FALLBACK_MAX_LENGTH` (a bare backbone, or a model trained elsewhere)."""
+    record = Path(resolve_backbone(name_or_path)) / TRAINING_FILE
+    if not record.is_file():
+        return FALLBACK_MAX_LENGTH
+    return int(json.loads(record.read_text())["max_length"])
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_BACKBONE) -> Any:

@@ -6,15 +6,16 @@ length-bucketed dynamic batching: sequences are sorted by length and cut into ba
 sequence, so little compute goes to padding. :func:`score_table` is the same for in-memory
 pairs (evaluation and training reuse it).
 
-:class:`ScoreStage` scores the shards of a finished pair manifest into one Parquet file per shard
-(``SCORE_SCHEMA``), streaming ``batch_rows`` pairs at a time, with markers and a manifest; a re-run
-skips finished shards. The stage's identity holds a fingerprint of the model's weights, so new
-weights written to the same path are scored anew rather than skipped. The model is loaded once
-per process (a module-level cache), so the local executor loads it once and each Ray actor once.
+:class:`ScoreStage` (a :class:`~synpref_core.stages.MapStage`) scores the shards of a finished
+pair manifest into one Parquet file per shard (``SCORE_SCHEMA``), ``batch_rows`` pairs at a time;
+a re-run skips finished shards. The stage's identity holds the model's fingerprint
+(:func:`synpref_core.models.model_fingerprint`), so new weights written to the same path are
+scored anew rather than skipped. The model is loaded once per process
+(:func:`synpref_core.models.cached_model`): the local executor loads it once, each Ray actor once.
 
 Run locally::
 
-    score_pairs(ScoreConfig(pairs="OUT/ingest", out="OUT/scores"), ExecutorConfig())
+    executors.run(ScoreStage(ScoreConfig(pairs="OUT/ingest", out="OUT/scores")), ExecutorConfig())
 
 At scale, ``ExecutorConfig(kind="ray", ray_address=..., cpus_per_shard=C)`` with
 ``ScoreConfig(actors=N)`` starts N Ray actors of C CPUs each, which load the model once and take
@@ -35,40 +36,33 @@ reserves (``1``, or ``0.5`` for two actors per GPU); an actor without it sees no
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 import torch
 from pydantic import Field, model_validator
 
-from synpref_core.config import DEFAULT_HOME, ExecutorConfig, StrictModel, config_hash
-from synpref_core.executors import run_stage, run_stage_on_actors
-from synpref_core.io import fs as fsio
-from synpref_core.rm.model import DEFAULT_BACKBONE, encode, load_reward_model, resolve_backbone
-from synpref_core.schema import fingerprint
-from synpref_core.stages import ShardResult, Stage, load_manifest, part_name
+from synpref_core.config import DEFAULT_HOME, ActorConfig
+from synpref_core.models import cached_model, model_fingerprint
+from synpref_core.rm.model import (
+    DEFAULT_BACKBONE,
+    encode,
+    load_reward_model,
+    resolve_backbone,
+    trained_max_length,
+)
+from synpref_core.stages import MapStage
 
 log = logging.getLogger(__name__)
 
-THREADS_ENV = "SYNPREF_TORCH_THREADS"
 # Padded tokens per forward pass. 4,096 measured fastest for MiniLM on CPU (benchmarks/README.md,
 # "Scoring"): bigger batches outgrow the caches. On a GPU, raise it until the device is full.
 DEFAULT_TOKEN_BUDGET = 4096
 INPUT_COLUMNS = ["pair_id", "conversation", "chosen", "rejected"]
-# What the weights fingerprint reads in a model directory. Content, not (size, mtime): hashing
-# MiniLM's 90 MB model.safetensors takes 0.14 s on the 2-core dev box (~650 MB/s, about 25 s for
-# an 8B model's 16 GB), once per stage, and a copy or a re-save of the same weights is not new.
-WEIGHT_FILES = ("config.json", "*.safetensors", "*.bin")
-
 SCORE_SCHEMA = pa.schema(
     [
         pa.field("pair_id", pa.string(), nullable=False),
@@ -81,18 +75,22 @@ SCORE_SCHEMA = pa.schema(
 )
 
 
-class ScoreConfig(StrictModel):
+class ScoreConfig(ActorConfig):
     """What to score with which model. Its hash (less ``out``, ``actors`` and ``num_gpus``) and
     the weights' fingerprint name the output."""
 
     model: str = Field(DEFAULT_BACKBONE, description="Reward model: a name or a path.")
-    max_length: int = Field(256, ge=8, description="Tokens per sequence; the start is cut.")
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Tokens per sequence (the start is cut); None: what the model was trained "
+        "with (its synpref_training.json), else 256.",
+    )
     token_budget: int = Field(
         DEFAULT_TOKEN_BUDGET, ge=8, description="Most tokens (padding included) per forward pass."
     )
     pairs: str = Field(description="Input: a finished pair stage (its directory or manifest).")
     out: str = Field(str(DEFAULT_HOME / "scores"), description="Output directory or URI.")
-    actors: int = Field(2, ge=1, description="Ray executor: actors, each holding one model.")
     batch_rows: int = Field(1024, ge=1, description="Pairs read and scored at a time.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the model runs; auto: CUDA when the process sees a GPU."
@@ -100,11 +98,10 @@ class ScoreConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model weights and compute; auto: bfloat16 on CUDA, float32 on CPU."
     )
-    num_gpus: float = Field(0, ge=0, description="Ray executor: GPUs each actor reserves.")
 
     @model_validator(mode="after")
     def _budget_fits_a_sequence(self) -> ScoreConfig:
-        if self.token_budget < self.max_length:
+        if self.max_length is not None and self.token_budget < self.max_length:
             raise ValueError(
                 f"token_budget ({self.token_budget}) must be at least max_length "
                 f"({self.max_length}): a full-length sequence must fit in one batch"
@@ -197,29 +194,7 @@ def preference_probability(r_chosen: np.ndarray, r_rejected: np.ndarray) -> np.n
     return torch.sigmoid(torch.from_numpy(r_chosen - r_rejected)).numpy()
 
 
-# -- one model per process -------------------------------------------------------------------
-
-# (path, max_length, weights fingerprint, device, dtype) → (model, tokenizer)
-_MODELS: dict[tuple[str, int, str, str, str], tuple[Any, Any]] = {}
-
-
-def model_fingerprint(name_or_path: str) -> str:
-    """BLAKE2b of a model directory's config and weight files (``WEIGHT_FILES``: names, sizes
-    and bytes). A hub name is pinned by the commit its files resolve to (the name of the
-    snapshot directory they are cached in), fetching only its config.json if not cached."""
-    path = Path(resolve_backbone(name_or_path))
-    if not path.is_dir():
-        from huggingface_hub import hf_hub_download
-
-        return f"{path}@{Path(hf_hub_download(str(path), 'config.json')).parent.name}"
-    digest = hashlib.blake2b(digest_size=16)
-    files = sorted({f for pattern in WEIGHT_FILES for f in path.glob(pattern) if f.is_file()})
-    for file in files:
-        digest.update(f"{file.name}\0{file.stat().st_size}\0".encode())
-        with file.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+# -- loading the model once per process -----------------------------------------------------
 
 
 def resolve_device(device: str) -> torch.device:
@@ -242,125 +217,60 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def cached_reward_model(
     name_or_path: str,
-    max_length: int,
     device: str = "auto",
     dtype: str = "auto",
     fingerprint: str | None = None,
 ) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode on ``device`` in ``dtype``, loaded at most once per
-    process and key. The key holds the weights' fingerprint (computed here unless given), so
-    new weights at the same path are loaded anew; the stale model is dropped."""
+    process (:func:`~synpref_core.models.cached_model`: new weights at the same path, or another
+    device or dtype, replace the copy held). ``fingerprint``: the weights' fingerprint if known."""
     path = resolve_backbone(name_or_path)
     target = resolve_device(device)
     weights = resolve_dtype(dtype, target)
-    fingerprint = fingerprint or model_fingerprint(path)
-    key = (path, max_length, fingerprint, str(target), str(weights).removeprefix("torch."))
-    if key not in _MODELS:
-        for stale in [k for k in _MODELS if k[0] == path and k[2] != fingerprint]:
-            del _MODELS[stale]
+    version = (fingerprint or model_fingerprint(path), str(target), str(weights).split(".")[-1])
+
+    def load() -> tuple[Any, Any]:
         model, tokenizer = load_reward_model(path, dtype=weights)  # a new head: seed 0
-        log.info("loaded reward model %s (%s) in process %d", path, fingerprint, os.getpid())
-        _MODELS[key] = (model.to(target).eval(), tokenizer)
-    return _MODELS[key]
+        return model.to(target).eval(), tokenizer
 
-
-def torch_threads(cpus: float | None) -> int | None:
-    """Threads for one scoring process: ``$SYNPREF_TORCH_THREADS``, else the CPUs it was given
-    (never more, so actors sharing a machine do not oversubscribe it), else None: torch's own
-    default (one per core)."""
-    if os.environ.get(THREADS_ENV):
-        return int(os.environ[THREADS_ENV])
-    return max(1, round(cpus)) if cpus is not None else None
-
-
-@contextmanager
-def using_torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with ``threads`` torch threads, then restore the caller's count (in-process runs)."""
-    before = torch.get_num_threads()
-    if threads is not None and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+    return cached_model("reward-model", path, version, load)
 
 
 # -- the stage -------------------------------------------------------------------------------
 
 
-class ScoreStage(Stage):
+class ScoreStage(MapStage):
     """One output shard per data file of the input pair manifest, in the same order."""
 
     name = "score"
+    columns = INPUT_COLUMNS
+    output_schema = SCORE_SCHEMA
+    holds_model = True
 
-    def __init__(self, config: ScoreConfig, threads: int | None = None):
-        parent = load_manifest(config.pairs)  # fails here, naming the path, if unfinished
-        identity = config_hash(config.model_copy(update={"out": "", "actors": 1, "num_gpus": 0}))
-        # The input's run id and the weights are part of the identity: re-ingested pairs, or new
-        # weights written to the same model path, are scored again.
-        self.fingerprint = model_fingerprint(config.model)
-        key = [identity, parent.run_id, self.fingerprint]
-        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
-        super().__init__(
-            out=config.out,
-            config=config.model_dump(mode="json"),
-            config_hash=digest[:16],
-            parents=[parent.uri],
-        )
-        self.score = config
-        self.pairs_dir = parent.dir
-        self.threads = threads  # how this process runs, never what it computes
+    def __init__(self, config: ScoreConfig):
+        super().__init__(config, parent=config.pairs)
+        self.max_length = config.max_length or trained_max_length(config.model)
+        if config.token_budget < self.max_length:
+            raise ValueError(
+                f"ScoreConfig.token_budget ({config.token_budget}) is below {config.model}'s "
+                f"max_length ({self.max_length}): a full-length sequence must fit in one batch"
+            )
 
-    def schemas(self) -> dict[str, str]:
-        return {"data": fingerprint(SCORE_SCHEMA)}
-
-    def plan(self) -> list[dict[str, Any]]:
-        parent = load_manifest(self.score.pairs)
-        return [{"input": f["path"], "rows": f["rows"]} for f in parent.entries("data")]
+    def fingerprint_model(self) -> str:
+        return model_fingerprint(self.settings.model)
 
     def load_model(self) -> tuple[Any, Any]:
-        score = self.score
-        return cached_reward_model(
-            score.model, score.max_length, score.device, score.dtype, self.fingerprint
-        )
+        score = self.settings
+        return cached_reward_model(score.model, score.device, score.dtype, self.model_version)
 
-    def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        with using_torch_threads(self.threads):
-            return self._run_shard(index, spec)
-
-    def _run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        model, tokenizer = self.load_model()
-        in_fs, in_path = fsio.resolve(fsio.join(self.pairs_dir, spec["input"]))
-        fs, root = fsio.resolve(self.out)
-        rel = f"data/{part_name(index)}.parquet"
-        counts = {"rows": 0, "tokens": 0}
-        with (
-            fsio.AtomicParquetWriter(fs, fsio.join(root, rel), SCORE_SCHEMA) as out,
-            in_fs.open_input_file(in_path) as f,
-        ):
-            batches = pq.ParquetFile(f).iter_batches(self.score.batch_rows, columns=INPUT_COLUMNS)
-            for batch in batches:
-                table = self._score_batch(model, tokenizer, batch)
-                out.write(table)
-                counts["rows"] += table.num_rows
-                for side in ("chosen_tokens", "rejected_tokens"):
-                    counts["tokens"] += int(table[side].to_numpy().sum())
-        return {
-            "shard": index,
-            "files": [{"path": rel, "kind": "data", "rows": out.rows, "bytes": out.size()}],
-            "counts": counts,
-        }
-
-    def _score_batch(self, model: Any, tokenizer: Any, batch: pa.RecordBatch) -> pa.Table:
+    def map_batch(self, batch: pa.RecordBatch, model: tuple[Any, Any]) -> pa.Table:
         r_chosen, r_rejected, n_chosen, n_rejected = _score_pairs(
-            model,
-            tokenizer,
+            *model,
             batch.column("conversation").to_pylist(),
             batch.column("chosen").to_pylist(),
             batch.column("rejected").to_pylist(),
-            self.score.max_length,
-            self.score.token_budget,
+            self.max_length,
+            self.settings.token_budget,
         )
         columns = {
             "pair_id": batch.column("pair_id"),
@@ -372,23 +282,6 @@ class ScoreStage(Stage):
         }
         return pa.table(columns, schema=SCORE_SCHEMA)
 
-
-# -- running it ------------------------------------------------------------------------------
-
-
-def score_pairs(
-    config: ScoreConfig, executor: ExecutorConfig | None = None, progress: bool = True
-) -> str:
-    """Score every pair of ``config.pairs`` into ``config.out``; return the manifest URI.
-
-    ``local``: the stage's shards in this process (or a local pool with ``workers > 1``).
-    ``ray``: ``config.actors`` actors of ``executor.cpus_per_shard`` CPUs and
-    ``config.num_gpus`` GPUs each.
-    Finished shards are skipped either way, and both give the same numbers.
-    """
-    executor = executor or ExecutorConfig()
-    if executor.kind == "ray":
-        stage = ScoreStage(config, torch_threads(executor.cpus_per_shard))
-        return run_stage_on_actors(stage, executor, config.actors, config.num_gpus, progress)
-    cpus = (os.cpu_count() or 1) / executor.workers if executor.workers > 1 else None
-    return run_stage(ScoreStage(config, torch_threads(cpus)), executor, progress)
+    def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
+        tokens = pc.add(pc.sum(out["chosen_tokens"]), pc.sum(out["rejected_tokens"]))
+        return {"tokens": tokens.as_py() or 0}

@@ -203,9 +203,11 @@ class DeepSpeedStrategy:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
         return client_state
 
-    def save_pretrained(self, directory: str, tokenizer: Any, extra: dict | None = None) -> None:
-        """Collective: rank 0 writes a plain Hugging Face directory (model, tokenizer and an
-        optional ``synpref_eval.json``), atomically replacing ``directory``."""
+    def save_pretrained(
+        self, directory: str, tokenizer: Any, records: dict[str, dict] | None = None
+    ) -> None:
+        """Collective: rank 0 writes a plain Hugging Face directory (model, tokenizer and one
+        JSON file per ``records`` entry, by file name), atomically replacing ``directory``."""
         import deepspeed
         import torch.distributed as dist
 
@@ -213,18 +215,18 @@ class DeepSpeedStrategy:
         params = list(model.parameters()) if self.zero_stage == 3 else []
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
             if self.rank == 0:
-                _write_hf_dir(Path(directory), model, tokenizer, extra)
+                _write_hf_dir(Path(directory), model, tokenizer, records or {})
         dist.barrier()
 
 
-def _write_hf_dir(target: Path, model: Any, tokenizer: Any, extra: dict | None) -> None:
+def _write_hf_dir(target: Path, model: Any, tokenizer: Any, records: dict[str, dict]) -> None:
     tmp = target.with_name(target.name + ".tmp")
     old = target.with_name(target.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if extra is not None:
-        (tmp / "synpref_eval.json").write_text(json.dumps(extra))
+    for name, record in records.items():
+        (tmp / name).write_text(json.dumps(record))
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         target.rename(old)

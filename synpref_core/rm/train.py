@@ -9,7 +9,9 @@ CPU accelerator; at scale set ``executor.ray_address``, ``use_gpu=True`` and a p
 ``infra/deepspeed/`` (``paper-8b.json`` holds the paper's settings). Outputs under ``out``:
 
     best/   the best model by gold accuracy: config.json, model.safetensors, tokenizer files and
-            synpref_eval.json (step, accuracy, gold scores); loadable with transformers alone
+            synpref_eval.json (step, accuracy, gold scores) and synpref_training.json (the
+            resolved profile: max_length, trainable layers, lr, bf16, and the whole config;
+            scoring reads its max_length); loadable with transformers alone
     ray/    Ray Train runs; each holds the resumable DeepSpeed checkpoints reported at every eval
 
 Re-running the same config (``max_steps`` aside) with the same ``out`` resumes from the latest
@@ -27,6 +29,8 @@ fine-tuning at 256 tokens runs at ~2 pairs/s per core, about 8× slower.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -40,12 +44,14 @@ from synpref_core.rm.data import (
     micro_batches,
     pair_lengths,
     read_shard,
-    score_pairs,
+    score_encoded_pairs,
 )
+from synpref_core.rm.model import EVAL_FILE, TRAINING_FILE
 
 CHECKPOINTS_KEPT = 2  # the latest (to resume) and the one before it, in case the latest is torn
 MODEL_NAME = "synpref-rm"  # the MLflow registered model (synpref_core.rm.registry)
 EVAL_BATCH_FACTOR = 2  # eval batches hold 2× the training micro-batch (no activations kept)
+PROGRESS_KEY = "_progress"  # the driver's progress queue, beside the config of the workers
 
 
 class TrainConfig(StrictModel):
@@ -143,6 +149,15 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def training_record(config: TrainConfig, profile: Profile) -> dict[str, Any]:
+    """What the exported model was trained with (``synpref_training.json`` beside it)."""
+    return {
+        "profile": config.profile or ("full" if config.use_gpu else "cpu"),
+        **profile._asdict(),
+        "config": config.model_dump(mode="json"),
+    }
+
+
 def run_identity(config: TrainConfig) -> str:
     """Name of the Ray Train run: what the weights depend on (not ``out`` or ``max_steps``), so
     a re-run of the same training resumes and a different one starts afresh."""
@@ -208,10 +223,12 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
 
     from synpref_core.rm.loss import bt_loss
 
+    progress = config_dict.pop(PROGRESS_KEY, None)
     config = TrainConfig.model_validate(config_dict)
     profile = resolve_profile(config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    progress = progress if rank == 0 else None
     model, tokenizer = _load_model(config, profile)
     pairs, total_pairs = read_shard(config.train_manifest, rank, world)
     pairs = pairs.slice(0, total_pairs // world)  # equal shards: every rank steps together
@@ -229,6 +246,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     losses = torch.zeros(2, dtype=torch.float64)  # (sum of micro-batch losses, their count)
     speed = torch.zeros(2, dtype=torch.float64)  # (non-pad tokens, seconds in train steps)
     steps = micro_batches(pair_lengths(pairs), micro, accum, config.seed, start, total_steps)
+    _tell(progress, {"start": start, "total": total_steps})
     for step, last_micro, indices in steps:
         began = time.perf_counter()
         chosen, rejected = encode_pairs(tokenizer, pairs.take(indices), profile.max_length)
@@ -240,6 +258,8 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         speed += torch.tensor([float(batch["attention_mask"].sum()), time.perf_counter() - began])
         losses += torch.tensor([loss.item(), 1.0])
         done = step + 1
+        if last_micro:
+            _tell(progress, {"step": done, "loss": loss.item()})
         if not last_micro or (done % config.eval_every and done != total_steps):
             continue
 
@@ -251,8 +271,11 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         losses.zero_()
         best = best_entry(history)
         if best is entry:
-            extra = {"step": done, "gold_accuracy": accuracy, "scores": scores}
-            strategy.save_pretrained(str(Path(config.out) / "best"), tokenizer, extra)
+            records = {
+                EVAL_FILE: {"step": done, "gold_accuracy": accuracy, "scores": scores},
+                TRAINING_FILE: training_record(config, profile),
+            }
+            strategy.save_pretrained(str(Path(config.out) / "best"), tokenizer, records)
         totals = speed.clone()
         dist.all_reduce(totals)  # tokens of all ranks over their mean time in train steps
         metrics = {
@@ -266,6 +289,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             "history": history,
         }
         _report(strategy, metrics, {"step": done, "history": history})
+        _tell(progress, {"step": done, "gold_accuracy": accuracy, "best": best["gold_accuracy"]})
 
 
 class Gold(NamedTuple):
@@ -349,7 +373,9 @@ def _gold_accuracy(
         return None, None
     world = dist.get_world_size()
     batches = _ceil_div(_ceil_div(gold.total, world), batch)  # the same on every rank
-    mine = score_pairs(strategy.unwrap(), tokenizer, gold.chosen, gold.rejected, batch, batches)
+    mine = score_encoded_pairs(
+        strategy.unwrap(), tokenizer, gold.chosen, gold.rejected, batch, batches
+    )
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, mine)
     scores = _interleave(gathered)
@@ -368,6 +394,64 @@ def _report(strategy: Any, metrics: dict, client_state: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
+def _tell(progress: Any, event: dict[str, Any]) -> None:
+    """Send a progress event to the driver's queue (rank 0 only); never wait for the driver."""
+    from ray.util.queue import Full
+
+    if progress is not None:
+        with contextlib.suppress(Full):
+            progress.put_nowait(event)
+
+
+class ProgressPrinter:
+    """The driver's side of training progress: a thread that turns rank 0's events (step,
+    loss, gold accuracy at each eval) into a progress bar on stderr while Ray Train runs, so a
+    long run is never minutes of silence. Workers' own logs stay off the console."""
+
+    def __init__(self, enabled: bool):
+        from ray.util.queue import Queue
+
+        # 0 CPUs: the queue actor must never take a CPU the training workers wait for.
+        self.queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0}) if enabled else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._print, daemon=True)
+
+    def __enter__(self) -> ProgressPrinter:
+        if self.queue is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.queue is not None:
+            self._stop.set()
+            self._thread.join()
+            self.queue.shutdown()
+
+    def _print(self) -> None:
+        from ray.util.queue import Empty
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="train", unit="step", total=None)
+        shown: dict[str, str] = {}
+        while not (self._stop.is_set() and self.queue.empty()):
+            try:
+                event = self.queue.get(timeout=0.5)
+            except Empty:
+                continue
+            if "total" in event:
+                bar.reset(total=event["total"])
+                bar.update(event["start"])
+            if "step" in event:
+                bar.update(event["step"] - bar.n)
+            if "loss" in event:
+                shown["loss"] = f"{event['loss']:.4f}"
+            if event.get("gold_accuracy") is not None:
+                shown["gold_acc"] = f"{event['gold_accuracy']:.3f}"
+                shown["best"] = f"{event['best']:.3f}"
+            bar.set_postfix(shown, refresh=True)
+        bar.close()
+
+
 def _interleave(gathered: list[tuple[list[float], list[float]]]) -> tuple[list, list]:
     """Per-rank scores of rows ``rank::world`` back into manifest order."""
     world = len(gathered)
@@ -383,11 +467,14 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).resolve())
 
 
-def train_reward_model(config: TrainConfig, executor: ExecutorConfig | None = None) -> TrainResult:
+def train_reward_model(
+    config: TrainConfig, executor: ExecutorConfig | None = None, progress: bool = True
+) -> TrainResult:
     """Train on Ray Train workers (``config.workers``) and return where the best model is.
 
     Connects to the executor's Ray cluster (or starts a local Ray); a re-run of the same config
-    and ``out`` resumes from the latest checkpoint."""
+    and ``out`` resumes from the latest checkpoint. ``progress``: a bar with the step, the loss
+    and the gold accuracy on stderr while it trains."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -407,9 +494,10 @@ def train_reward_model(config: TrainConfig, executor: ExecutorConfig | None = No
     )
     ensure_ray(executor or ExecutorConfig(kind="ray"))
     env = None if config.use_gpu else {"env_vars": {"DS_ACCELERATOR": "cpu"}}
+    printer = ProgressPrinter(progress)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config.model_dump(mode="json"),
+        train_loop_config={**config.model_dump(mode="json"), PROGRESS_KEY: printer.queue},
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
         run_config=RunConfig(
             name=run_identity(config),
@@ -418,7 +506,8 @@ def train_reward_model(config: TrainConfig, executor: ExecutorConfig | None = No
             worker_runtime_env=env,
         ),
     )
-    result = trainer.fit()
+    with printer:
+        result = trainer.fit()
     metrics = result.metrics
     return TrainResult(
         best_dir=str(Path(config.out) / "best"),

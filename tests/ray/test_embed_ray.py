@@ -5,11 +5,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from synpref_core import models
 from synpref_core.config import ExecutorConfig
-from synpref_core.executors import StageActor, run_stage
-from synpref_core.retrieval import encoder
-from synpref_core.retrieval.embed import EmbedStage, embed_pairs
-from synpref_core.rm.scoring import THREADS_ENV
+from synpref_core.executors import StageActor, run
+from synpref_core.models import THREADS_ENV
+from synpref_core.retrieval.embed import EmbedStage
 from synpref_core.stages import Manifest, load_manifest
 from tests.unit.test_embed import embed_config, hh_embedded, read_vectors  # noqa: F401 (fixture)
 
@@ -24,12 +24,12 @@ def test_local_and_ray_embeddings_are_identical(hh_embedded, tmp_path, ray_local
     # Float sums split across threads round differently: compare at one torch thread each (a
     # Ray actor or task with cpus_per_shard = 1 runs one thread).
     monkeypatch.setenv(THREADS_ENV, "1")
-    local = embed_pairs(embed_config(pairs_dir, str(tmp_path / "local")), progress=False)
+    local = run(EmbedStage(embed_config(pairs_dir, str(tmp_path / "local"))), progress=False)
     monkeypatch.delenv(THREADS_ENV)
     actors = embed_config(pairs_dir, str(tmp_path / "actors"))
-    on_actors = embed_pairs(actors, ExecutorConfig(kind="ray"), progress=False)
-    tasks = EmbedStage(embed_config(pairs_dir, str(tmp_path / "tasks")), threads=1)
-    on_tasks = run_stage(tasks, ExecutorConfig(kind="ray"), progress=False)
+    on_actors = run(EmbedStage(actors), ExecutorConfig(kind="ray"), progress=False)
+    tasks = EmbedStage(embed_config(pairs_dir, str(tmp_path / "tasks")))
+    on_tasks = run(tasks, ExecutorConfig(kind="ray"), progress=False, on_actors=False)
 
     expected: pa.Table = read_vectors(tmp_path / "local")
     for name, manifest in (("actors", on_actors), ("tasks", on_tasks)):
@@ -37,17 +37,18 @@ def test_local_and_ray_embeddings_are_identical(hh_embedded, tmp_path, ray_local
         assert read_vectors(tmp_path / name).equals(expected), name
 
     # A finished run on Ray starts no actor and rewrites the same manifest.
-    again = embed_pairs(actors, ExecutorConfig(kind="ray"), progress=False)
+    again = run(EmbedStage(actors), ExecutorConfig(kind="ray"), progress=False)
     assert load_manifest(again) == load_manifest(on_actors)
 
 
 @pytest.mark.slow
 def test_an_actor_loads_the_model_once(hh_embedded, tmp_path, ray_local):  # noqa: F811
     def loaded(worker: StageActor) -> list[int]:  # runs in the actor
-        return [id(e.model) for e in encoder._ENCODERS.values()]
+        return [id(e.model) for e in models._MODELS.values()]
 
     pairs_dir, _ = hh_embedded
-    stage = EmbedStage(embed_config(pairs_dir, str(tmp_path / "one")), threads=1)
+    stage = EmbedStage(embed_config(pairs_dir, str(tmp_path / "one")))
+    stage.threads = 1
     actor = ray_local.remote(num_cpus=1)(StageActor).remote(stage)
     before = ray_local.get(actor.__ray_call__.remote(loaded))
     specs = stage.plan()
@@ -64,4 +65,4 @@ def test_actors_that_fit_nowhere_on_a_local_ray_fail_at_once(hh_embedded, tmp_pa
     pairs_dir, _ = hh_embedded
     config = embed_config(pairs_dir, str(tmp_path / "big"))
     with pytest.raises(RuntimeError, match=r"embed: no actor fits .*\(64 CPUs and 0 GPUs each"):
-        embed_pairs(config, ExecutorConfig(kind="ray", cpus_per_shard=64), progress=False)
+        run(EmbedStage(config), ExecutorConfig(kind="ray", cpus_per_shard=64), progress=False)

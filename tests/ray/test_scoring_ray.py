@@ -7,10 +7,11 @@ import polars as pl
 import pytest
 import torch
 
+from synpref_core import models
 from synpref_core.config import ExecutorConfig
-from synpref_core.executors import StageActor
-from synpref_core.rm import scoring
-from synpref_core.rm.scoring import THREADS_ENV, ScoreConfig, ScoreStage, score_pairs
+from synpref_core.executors import StageActor, run
+from synpref_core.models import THREADS_ENV
+from synpref_core.rm.scoring import ScoreConfig, ScoreStage
 from synpref_core.stages import Manifest, load_manifest
 from tests.unit.test_scoring import MAX_LENGTH, pairs_dir, tiny  # noqa: F401 (fixtures)
 
@@ -46,12 +47,12 @@ def test_local_and_ray_scores_are_identical(
     # Float sums split across threads round differently, so the numbers are a function of the
     # thread count too: bit-for-bit equal at equal counts, within float32 rounding otherwise.
     # Each Ray actor gets cpus_per_shard = 1 CPU, hence 1 thread; the local run is pinned to 1.
-    default = score_pairs(_config(pairs_dir, tiny, str(tmp_path / "default")), progress=False)
+    default = run(ScoreStage(_config(pairs_dir, tiny, str(tmp_path / "default"))), progress=False)
     monkeypatch.setenv(THREADS_ENV, "1")
-    local = score_pairs(_config(pairs_dir, tiny, str(tmp_path / "local")), progress=False)
+    local = run(ScoreStage(_config(pairs_dir, tiny, str(tmp_path / "local"))), progress=False)
     monkeypatch.delenv(THREADS_ENV)
     ray_config = _config(pairs_dir, tiny, str(tmp_path / "ray"))
-    on_ray = score_pairs(ray_config, ExecutorConfig(kind="ray"), progress=False)
+    on_ray = run(ScoreStage(ray_config), ExecutorConfig(kind="ray"), progress=False)
 
     assert _portable(load_manifest(on_ray)) == _portable(load_manifest(local))
     assert _scores(tmp_path / "ray").equals(_scores(tmp_path / "local"))
@@ -65,16 +66,17 @@ def test_local_and_ray_scores_are_identical(
         )
 
     # A finished run on Ray starts no actor and rewrites the same manifest.
-    again = score_pairs(ray_config, ExecutorConfig(kind="ray"), progress=False)
+    again = run(ScoreStage(ray_config), ExecutorConfig(kind="ray"), progress=False)
     assert load_manifest(again) == load_manifest(on_ray)
 
 
 @pytest.mark.slow
 def test_an_actor_loads_the_model_once(pairs_dir, tiny, tmp_path, ray_local):  # noqa: F811
     def models_and_threads(worker: StageActor) -> tuple[list[int], int]:  # runs in the actor
-        return [id(model) for model, _ in scoring._MODELS.values()], torch.get_num_threads()
+        return [id(model) for model, _ in models._MODELS.values()], torch.get_num_threads()
 
-    stage = ScoreStage(_config(pairs_dir, tiny, str(tmp_path / "one")), threads=1)
+    stage = ScoreStage(_config(pairs_dir, tiny, str(tmp_path / "one")))
+    stage.threads = 1
     actor = ray_local.remote(num_cpus=1)(StageActor).remote(stage)
     loaded, _ = ray_local.get(actor.__ray_call__.remote(models_and_threads))
     specs = stage.plan()
@@ -97,4 +99,4 @@ def test_actors_that_reserve_more_gpus_than_there_are_fail_at_once(
     # 64 GPUs per actor fit on no local machine: an error naming them, not a shard held forever.
     config = _config(pairs_dir, tiny, str(tmp_path / "gpu")).model_copy(update={"num_gpus": 64})
     with pytest.raises(RuntimeError, match="64 GPUs each"):
-        score_pairs(config, ExecutorConfig(kind="ray"), progress=False)
+        run(ScoreStage(config), ExecutorConfig(kind="ray"), progress=False)

@@ -15,7 +15,7 @@ import torch
 
 from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec
 from synpref_core.ingest.pipeline import run_ingest
-from synpref_core.rm.model import encode
+from synpref_core.rm.model import TRAINING_FILE, encode, trained_max_length
 from synpref_core.rm.train import TrainConfig, best_entry, train_reward_model
 from synpref_core.stages import iter_batches
 from tests.conftest import DATA
@@ -99,6 +99,9 @@ def test_best_checkpoint_has_max_gold_accuracy_and_is_not_the_last(trained):
     assert result.best_step < 10 and history[-1]["gold_accuracy"] < result.best_gold_accuracy
     recorded = json.loads((Path(result.best_dir) / "synpref_eval.json").read_text())
     assert recorded["step"] == result.best_step
+    training = json.loads((Path(result.best_dir) / TRAINING_FILE).read_text())
+    assert training["max_length"] == trained_max_length(result.best_dir) == 256  # full profile
+    assert training["profile"] == "full" and training["config"]["seed"] == 0
     best_weights = _plain_weights(result.best_dir)
     last_weights = _checkpoint_weights(result.checkpoint)
     assert not torch.equal(best_weights["classifier.weight"], last_weights["classifier.weight"])

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from synpref_core.config import IngestConfig, SourceSpec
+from synpref_core.executors import run
 from synpref_core.ingest.pipeline import run_ingest
-from synpref_core.retrieval.embed import EmbedConfig, EmbedStage, embed_pairs
+from synpref_core.retrieval.embed import EmbedConfig, EmbedStage
 from synpref_core.retrieval.encoder import load_encoder, model_version, render_text, token_lengths
 from synpref_core.retrieval.store import StoreConfig, VectorStore
 from synpref_core.retrieval.tables import StoreError, add_embeddings
@@ -54,7 +55,7 @@ def hh_embedded(tmp_path_factory) -> tuple[str, str]:
         shard_bytes=2**16,
     )
     pairs = run_ingest(ingest, progress=False).rsplit("/", 1)[0]
-    embed_pairs(embed_config(pairs, str(root / "embeddings")), progress=False)
+    run(EmbedStage(embed_config(pairs, str(root / "embeddings"))), progress=False)
     return pairs, str(root / "embeddings")
 
 
@@ -139,12 +140,12 @@ def test_rerun_skips_finished_shards_and_recomputes_a_removed_one(hh_embedded, t
     pairs_dir, _ = hh_embedded
     out = tmp_path / "embeddings"
     config = embed_config(pairs_dir, str(out), model=str(tiny_sentence_model(tmp_path)))
-    first = load_manifest(embed_pairs(config, progress=False))
+    first = load_manifest(run(EmbedStage(config), progress=False))
     (out / "data" / "part-00001.parquet").unlink()
     stage = EmbedStage(config)
     missing = [i for i in range(first.num_shards) if stage.finished_result(i) is None]
     assert missing == [1]
-    assert load_manifest(embed_pairs(config, progress=False)) == first
+    assert load_manifest(run(EmbedStage(config), progress=False)) == first
 
 
 def test_a_changed_model_reembeds_and_the_store_never_mixes(hh_embedded, tmp_path):
@@ -158,7 +159,7 @@ def test_a_changed_model_reembeds_and_the_store_never_mixes(hh_embedded, tmp_pat
     assert other.config_hash != minilm.config_hash  # so no shard of the old model is reused
     assert all(minilm.finished_result(i) for i in range(len(minilm.plan())))
     assert not any(other.finished_result(i) for i in range(len(other.plan())))
-    embed_pairs(embed_config(pairs_dir, str(out), model=tiny), progress=False)
+    run(EmbedStage(embed_config(pairs_dir, str(out), model=tiny)), progress=False)
     vectors = read_vectors(out)
     assert set(vectors["model_version"].to_pylist()) == {other.model_version}
     assert vectors.schema.field("vector").type.list_size == 32

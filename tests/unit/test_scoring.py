@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,17 +13,24 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from synpref_core import models
 from synpref_core.config import IngestConfig, SourceSpec
+from synpref_core.executors import run
 from synpref_core.ingest.pipeline import run_ingest
-from synpref_core.rm import scoring
-from synpref_core.rm.model import encode, load_reward_model, load_tokenizer
+from synpref_core.models import model_fingerprint
+from synpref_core.rm.model import (
+    FALLBACK_MAX_LENGTH,
+    TRAINING_FILE,
+    encode,
+    load_reward_model,
+    load_tokenizer,
+)
 from synpref_core.rm.scoring import (
     SCORE_SCHEMA,
     ScoreConfig,
+    ScoreStage,
     cached_reward_model,
-    model_fingerprint,
     plan_batches,
-    score_pairs,
     score_sequences,
     score_table,
 )
@@ -61,7 +69,7 @@ def _pairs(pairs_dir: str, n: int) -> pl.DataFrame:
 
 
 def test_batched_rewards_equal_one_sequence_at_a_time(pairs_dir, tiny):
-    model, tokenizer = cached_reward_model(tiny, MAX_LENGTH)
+    model, tokenizer = cached_reward_model(tiny)
     pairs = _pairs(pairs_dir, 40)
     sequences = encode(tokenizer, pairs["conversation"].to_list(), pairs["chosen"], MAX_LENGTH)
     sequences += encode(tokenizer, pairs["conversation"].to_list(), pairs["rejected"], MAX_LENGTH)
@@ -125,7 +133,7 @@ def test_stage_scores_every_pair_and_reruns_only_missing_shards(pairs_dir, tiny,
         out=str(tmp_path / "scores"),
         batch_rows=16,  # several record batches per shard
     )
-    manifest = load_manifest(score_pairs(config, progress=False))
+    manifest = load_manifest(run(ScoreStage(config), progress=False))
     pairs_manifest = load_manifest(pairs_dir)
     files = sorted((tmp_path / "scores" / "data").glob("*.parquet"))
     assert manifest.num_shards == pairs_manifest.num_shards == len(files) == 3
@@ -142,7 +150,7 @@ def test_stage_scores_every_pair_and_reruns_only_missing_shards(pairs_dir, tiny,
     tokens = scores.select("chosen_tokens", "rejected_tokens").to_numpy()
     assert tokens.max() == MAX_LENGTH and tokens.min() > 0
     assert manifest.counts["tokens"] == tokens.sum()
-    model, tokenizer = cached_reward_model(tiny, MAX_LENGTH)
+    model, tokenizer = cached_reward_model(tiny)
     r_chosen, _ = score_table(
         model,
         tokenizer,
@@ -157,14 +165,14 @@ def test_stage_scores_every_pair_and_reruns_only_missing_shards(pairs_dir, tiny,
     # Remove one finished shard: only it is recomputed, with the same model object.
     stamps = {f.name: f.stat().st_mtime_ns for f in files}
     files[1].unlink()
-    again = load_manifest(score_pairs(config, progress=False))
+    again = load_manifest(run(ScoreStage(config), progress=False))
     changed = [f.name for f in files if f.stat().st_mtime_ns != stamps[f.name]]
     assert changed == [files[1].name]
     assert again == manifest
     assert pl.read_parquet(files).equals(scores)
-    assert cached_reward_model(tiny, MAX_LENGTH)[0] is model
-    keys = [k for k in scoring._MODELS if k[0] == tiny]
-    assert keys == [(tiny, MAX_LENGTH, model_fingerprint(tiny), "cpu", "float32")]
+    assert cached_reward_model(tiny)[0] is model
+    keys = [k for k in models._MODELS if k[1] == tiny]
+    assert keys == [("reward-model", tiny, model_fingerprint(tiny), "cpu", "float32")]
 
 
 def _mtimes(directory: Path) -> dict[str, int]:
@@ -177,39 +185,56 @@ def test_new_weights_at_the_same_path_are_scored_anew(pairs_dir, tmp_path):
     config = ScoreConfig(
         model=str(model_dir), max_length=MAX_LENGTH, pairs=pairs_dir, out=str(tmp_path / "s")
     )
-    first = load_manifest(score_pairs(config, progress=False))
+    first = load_manifest(run(ScoreStage(config), progress=False))
     scores, stamps = pl.read_parquet(tmp_path / "s" / "data"), _mtimes(tmp_path / "s")
 
     shutil.copytree(other, model_dir, dirs_exist_ok=True)  # new weights, same path
-    second = load_manifest(score_pairs(config, progress=False))
+    second = load_manifest(run(ScoreStage(config), progress=False))
     rescored = pl.read_parquet(tmp_path / "s" / "data")
     assert second.run_id != first.run_id
     assert all(_mtimes(tmp_path / "s")[name] != stamp for name, stamp in stamps.items())
     assert rescored["pair_id"].equals(scores["pair_id"])
     assert not np.allclose(rescored["r_chosen"].to_numpy(), scores["r_chosen"].to_numpy())
-    model, _ = cached_reward_model(str(model_dir), MAX_LENGTH)  # the new weights, in memory too
+    model, _ = cached_reward_model(str(model_dir))  # the new weights, in memory too
     reference = load_reward_model(str(other))[0]
     assert torch.equal(model.classifier.weight, reference.classifier.weight)
-    assert len([k for k in scoring._MODELS if k[0] == str(model_dir)]) == 1  # the old dropped
+    assert len([k for k in models._MODELS if k[1] == str(model_dir)]) == 1  # the old dropped
 
     # The same weights written again (new mtimes, same bytes): nothing to do.
     stamps = _mtimes(tmp_path / "s")
     shutil.rmtree(model_dir)
     shutil.copytree(other, model_dir)
-    assert load_manifest(score_pairs(config, progress=False)) == second
+    assert load_manifest(run(ScoreStage(config), progress=False)) == second
     assert _mtimes(tmp_path / "s") == stamps
+
+
+def test_scoring_uses_the_max_length_the_model_was_trained_with(pairs_dir, tmp_path):
+    model_dir = tiny_model_dir(tmp_path)
+    config = ScoreConfig(model=str(model_dir), pairs=pairs_dir, out=str(tmp_path / "s"))
+    assert ScoreStage(config).max_length == FALLBACK_MAX_LENGTH  # a model that records none
+    record = {"profile": "cpu", "max_length": 24, "config": {}}
+    (model_dir / TRAINING_FILE).write_text(json.dumps(record))
+    stage = ScoreStage(config)
+    assert stage.max_length == 24
+    run(stage, progress=False)
+    scores = pl.read_parquet(tmp_path / "s" / "data")
+    assert scores["chosen_tokens"].max() == scores["rejected_tokens"].max() == 24
+    explicit = config.model_copy(update={"max_length": 32})  # an explicit value wins
+    assert ScoreStage(explicit).max_length == 32
+    with pytest.raises(ValueError, match=r"token_budget .* max_length"):
+        ScoreStage(config.model_copy(update={"token_budget": 16}))
 
 
 def test_explicit_cpu_float32_scores_equal_the_default(pairs_dir, tiny, tmp_path):
     def scores(name: str, **options) -> pl.DataFrame:
         out = str(tmp_path / name)
         config = ScoreConfig(model=tiny, max_length=MAX_LENGTH, pairs=pairs_dir, out=out, **options)
-        score_pairs(config, progress=False)
+        run(ScoreStage(config), progress=False)
         return pl.read_parquet(Path(out) / "data")
 
     default = scores("default")
     assert scores("explicit", device="cpu", dtype="float32").equals(default)  # bit for bit
-    model, _ = cached_reward_model(tiny, MAX_LENGTH)
+    model, _ = cached_reward_model(tiny)
     assert model.device.type == "cpu" and model.dtype == torch.float32
 
 
@@ -236,13 +261,13 @@ def test_a_new_head_depends_on_the_seed_only(tmp_path):
     assert torch.equal(first, second) and first.abs().sum() > 0
     other = load_reward_model(backbone, seed=1)[0].classifier.weight
     assert not torch.equal(first, other)
-    cached = cached_reward_model(backbone, MAX_LENGTH)[0].classifier.weight
+    cached = cached_reward_model(backbone)[0].classifier.weight
     assert torch.equal(cached, first)  # scoring: the seed-0 head, in every process
 
 
 def test_threads_come_from_the_env_then_the_cpus_given(monkeypatch):
-    monkeypatch.delenv(scoring.THREADS_ENV, raising=False)
-    assert scoring.torch_threads(None) is None  # torch's default
-    assert scoring.torch_threads(0.5) == 1 and scoring.torch_threads(4.0) == 4
-    monkeypatch.setenv(scoring.THREADS_ENV, "3")
-    assert scoring.torch_threads(1.0) == 3
+    monkeypatch.delenv(models.THREADS_ENV, raising=False)
+    assert models.torch_threads(None) is None  # torch's default
+    assert models.torch_threads(0.5) == 1 and models.torch_threads(4.0) == 4
+    monkeypatch.setenv(models.THREADS_ENV, "3")
+    assert models.torch_threads(1.0) == 3

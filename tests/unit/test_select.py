@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec
 from synpref_core.curation.select import SelectConfig, SelectStage, split_position
-from synpref_core.executors import run_stage
+from synpref_core.executors import run
 from synpref_core.ingest.pipeline import run_ingest
 from synpref_core.schema import PAIR_SCHEMA
 from synpref_core.stages import iter_batches, load_manifest
@@ -36,7 +36,7 @@ def ingested(tmp_path_factory):
 
 
 def _select(ingested, out, **where) -> tuple[pa.Table, dict]:
-    manifest = run_stage(SelectStage(SelectConfig(input=ingested, out=str(out), **where)), LOCAL)
+    manifest = run(SelectStage(SelectConfig(input=ingested, out=str(out), **where)), LOCAL)
     batches = list(iter_batches(manifest))
     return pa.Table.from_batches(batches, schema=PAIR_SCHEMA), load_manifest(manifest)
 
@@ -81,8 +81,8 @@ def test_status_and_source_filters(ingested, tmp_path):
 
 def test_rerun_skips_and_another_input_is_not_served_from_old_shards(ingested, tmp_path):
     config = SelectConfig(input=ingested, out=str(tmp_path / "s"), split=(0.0, 0.5))
-    first = load_manifest(run_stage(SelectStage(config), LOCAL))
-    again = load_manifest(run_stage(SelectStage(config), LOCAL))
+    first = load_manifest(run(SelectStage(config), LOCAL))
+    again = load_manifest(run(SelectStage(config), LOCAL))
     assert first.files == again.files and first.config_hash == again.config_hash
     other = SelectStage(config.model_copy(update={"split": (0.5, 1.0)}))
     assert other.config_hash != first.config_hash

@@ -25,7 +25,7 @@ from synpref_core.rm.data import (
     micro_batches,
     pair_lengths,
     read_shard,
-    score_pairs,
+    score_encoded_pairs,
 )
 from synpref_core.rm.loss import bt_loss
 from synpref_core.rm.registry import register_model
@@ -292,7 +292,9 @@ def test_score_pairs_batches_by_length_but_returns_pairs_in_order(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir(tmp_path)).eval()
     tokenizer = load_tokenizer(str(tiny_model_dir(tmp_path)))
     chosen, rejected = encode_pairs(tokenizer, table, 64)
-    got = score_pairs(model, tokenizer, chosen, rejected, batch=7, batches=20)  # 8 spare passes
+    got = score_encoded_pairs(
+        model, tokenizer, chosen, rejected, batch=7, batches=20
+    )  # 8 spare passes
     with torch.no_grad():
         one = [model(input_ids=torch.tensor([ids])).logits[0, 0].item() for ids in chosen]
     assert len(got[0]) == total == 80
