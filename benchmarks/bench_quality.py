@@ -88,7 +88,7 @@ def macro_ci(hits: np.ndarray, subsets: np.ndarray, seed: int = 0) -> tuple[floa
 
 
 def measure(scored: pa.Table, fmt: str) -> dict[str, Any]:
-    from synpref_core.rm.evaluate import correct, score_results
+    from synpref_core.rm.benchmarks import correct, score_results
 
     result = score_results(scored, fmt)
     subsets = np.array([s or "all" for s in scored["source_subset"].to_pylist()])
@@ -97,12 +97,12 @@ def measure(scored: pa.Table, fmt: str) -> dict[str, Any]:
         pc.utf8_length(scored["chosen"]).to_numpy() > pc.utf8_length(scored["rejected"]).to_numpy()
     )
     return {
-        "accuracy": result["overall"],
+        "accuracy": result.overall,
         "ci95": macro_ci(hits, subsets),
-        "length_baseline": result["length_baseline"],
+        "length_baseline": result.length_baseline,
         "length_ci95": macro_ci(longer, subsets),
-        "count": result["count"],
-        "subsets": {k: v["accuracy"] for k, v in result.get("subsets", {}).items()},
+        "count": result.count,
+        "subsets": {k: v.accuracy for k, v in result.subsets.items()},
     }
 
 

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from synpref_core import tracking
 from synpref_core.config import Format, RuntimeConfig, StrictModel, load_config
+from synpref_core.rm.eval_results import EvalResult
 from synpref_core.rm.model import DEFAULT_BACKBONE
 from tasks.evaluate import evaluate_benchmark
 
@@ -50,7 +51,7 @@ class EvaluateFlowConfig(StrictModel):
 
 
 @flow(name="evaluate")
-def evaluate_flow(config: EvaluateFlowConfig | None = None) -> dict[str, dict]:
+def evaluate_flow(config: EvaluateFlowConfig | None = None) -> dict[str, EvalResult]:
     """Score ``config.model`` on every benchmark; returns {format: result}."""
     config = config or EvaluateFlowConfig()
     tags = {
@@ -58,7 +59,7 @@ def evaluate_flow(config: EvaluateFlowConfig | None = None) -> dict[str, dict]:
         "model": config.model,
         "prefect_flow_run_id": str(flow_run.id or ""),
     }
-    results: dict[str, dict] = {}
+    results: dict[str, EvalResult] = {}
     with tracking.start_run(config.runtime.tracking, "evaluate", tags):
         tracking.log_config(config)
         for spec in config.benchmarks:
@@ -79,8 +80,8 @@ def main() -> None:
         config = config.model_copy(update={"model": args.model})
     for fmt, result in evaluate_flow(config).items():
         print(
-            f"{fmt}: {result['overall']:.3f} (length baseline {result['length_baseline']:.3f}, "
-            f"{result['count']} pairs)"
+            f"{fmt}: {result.overall:.3f} (length baseline {result.length_baseline:.3f}, "
+            f"{result.count} pairs)"
         )
 
 

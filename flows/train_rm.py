@@ -127,8 +127,8 @@ def main() -> None:
     print(f"best gold accuracy: {summary['best_gold_accuracy']} at step {summary['best_step']}")
     for fmt, result in summary["benchmarks"].items():
         print(
-            f"{fmt}: {result['overall']:.3f} (length baseline {result['length_baseline']:.3f}, "
-            f"{result['count']} pairs)"
+            f"{fmt}: {result.overall:.3f} (length baseline {result.length_baseline:.3f}, "
+            f"{result.count} pairs)"
         )
 
 

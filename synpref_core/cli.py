@@ -1,9 +1,10 @@
-"""The ``synpref`` command line.
+"""The synpref command line: ingest, inspect and export preference pairs; evaluate a reward model.
 
     synpref ingest --format hh-rlhf data/hh-rlhf/harmless-base/test.jsonl.gz --out OUT
     synpref ingest --config ingest.yaml            # several sources, decontamination, ...
     synpref inspect OUT --json
     synpref export OUT --out pairs.parquet
+    synpref eval --model RM_DIR --format llmbar data/llmbar/Dataset --json
 
 ``ingest`` runs the same stages as the Prefect flow, in this process (or on Ray with
 ``--executor ray``), without a Prefect server or MLflow: the quick path for a laptop.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +31,7 @@ from synpref_core.config import (
     SourceSpec,
     load_config,
 )
+from synpref_core.rm.eval_results import EVAL_FORMATS, EvalResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 err = Console(stderr=True)
@@ -159,18 +162,27 @@ def export(
 def eval_(
     data: Annotated[list[str], typer.Argument(help="Benchmark files, globs or directories.")],
     model: Annotated[str, typer.Option(help="Reward model directory (Hugging Face format).")],
-    fmt: Annotated[str, typer.Option("--format", help="Benchmark format (see `ingest`).")],
+    fmt: Annotated[str, typer.Option("--format", help=f"One of: {', '.join(EVAL_FORMATS)}.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     out: Annotated[
         str | None, typer.Option(help="Keep pairs, scores and eval.json here (default: temp).")
     ] = None,
     max_length: Annotated[int, typer.Option(help="Tokens per (prompt, response).")] = 256,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--quiet",
+            help="Show scoring progress on stderr (default: when stderr is a terminal).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Score a benchmark with a reward model: accuracy per subset beside a length baseline."""
     import tempfile
 
     from synpref_core.ingest.readers import MalformedInputError
-    from synpref_core.rm.evaluate import EVAL_FORMATS, EvaluationError, evaluate
+    from synpref_core.rm.benchmarks import EvaluationError
+    from synpref_core.rm.evaluate import evaluate
     from synpref_core.stages import StageError
 
     if fmt not in EVAL_FORMATS:
@@ -181,24 +193,28 @@ def eval_(
         raise _fail(f"{missing[0]}: no such file")
     if not Path(model).is_dir():
         raise _fail(f"{model}: no such model directory")
+    show = sys.stderr.isatty() if progress is None else progress
     with tempfile.TemporaryDirectory(prefix="synpref-eval-") as scratch:
         try:
-            result = evaluate(model, fmt, data, out or scratch, max_length=max_length)
+            result = evaluate(model, fmt, data, out or scratch, max_length, progress=show)
         except (EvaluationError, MalformedInputError, StageError, OSError) as exc:
             raise _fail(str(exc)) from exc
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    table = Table(title=f"{fmt}: overall {_pct(result['overall'])}, {result['count']} pairs")
+        typer.echo(json.dumps(result.json_dict(), indent=2))
+    else:
+        _print_result(result)
+
+
+def _print_result(result: EvalResult) -> None:
+    overall = _pct(result.overall)
+    table = Table(title=f"{result.format}: overall {overall}, {result.count} pairs")
     table.add_column("subset")
     table.add_column("accuracy", justify="right")
     table.add_column("length baseline", justify="right")
     table.add_column("pairs", justify="right")
-    for name, block in result["subsets"].items():
-        table.add_row(
-            name, _pct(block["accuracy"]), _pct(block["length_baseline"]), f"{block['count']:,}"
-        )
-    table.add_row("overall", _pct(result["overall"]), _pct(result["length_baseline"]), "")
+    for name, block in result.subsets.items():
+        table.add_row(name, _pct(block.accuracy), _pct(block.length_baseline), f"{block.count:,}")
+    table.add_row("overall", overall, _pct(result.length_baseline), "")
     Console().print(table)
 
 

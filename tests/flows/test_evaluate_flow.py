@@ -29,9 +29,9 @@ def test_evaluate_flow_logs_every_benchmark(tmp_path, prefect_server):
     )
     results = evaluate_flow(config)
     assert set(results) == {"offsetbias", "rm-bench"}
-    assert results["rm-bench"]["count"] == 18 and results["offsetbias"]["count"] > 60
+    assert results["rm-bench"].count == 18 and results["offsetbias"].count > 60
     for result in results.values():
-        assert 0.0 <= result["overall"] <= 1.0 and 0.0 <= result["length_baseline"] <= 1.0
+        assert 0.0 <= result.overall <= 1.0 and 0.0 <= result.length_baseline <= 1.0
 
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("eval").experiment_id])

@@ -68,7 +68,7 @@ def test_train_rm_flow_trains_registers_and_evaluates(tmp_path, prefect_server, 
     summary = state.result()
     assert summary["version"] == 1 and summary["steps"] == 10
     assert summary["best_step"] in (5, 10) and 0.0 <= summary["best_gold_accuracy"] <= 1.0
-    assert summary["benchmarks"]["rm-bench"]["count"] == 18
+    assert summary["benchmarks"]["rm-bench"].count == 18
 
     train = load_manifest(str(tmp_path / "train_rm" / "train"))
     gold = load_manifest(str(tmp_path / "train_rm" / "gold"))

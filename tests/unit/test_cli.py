@@ -105,3 +105,23 @@ def test_clear_errors(tmp_path):
     assert result.exit_code == 2 and "no such file" in result.output
     result = runner.invoke(app, ["inspect", str(tmp_path / "nothing"), "--json"])
     assert result.exit_code == 2 and "no manifest" in result.output
+
+
+def command_help(*command: str) -> str:
+    """The help a user sees, wide enough that no option's text is wrapped mid-word."""
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_eval_help_lists_every_format():
+    from synpref_core.rm.eval_results import EVAL_FORMATS
+
+    text = command_help("eval")
+    assert all(fmt in text for fmt in EVAL_FORMATS)
+    assert "--quiet" in text
+
+
+def test_help_has_no_restructuredtext_backticks():
+    for command in ([], ["ingest"], ["inspect"], ["export"], ["eval"]):
+        assert "``" not in command_help(*command), command

@@ -9,20 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
 from synpref_core.cli import app
-from synpref_core.rm.evaluate import (
+from synpref_core.rm.benchmarks import (
     EvaluationError,
     calibration,
     correct,
-    evaluation_metrics,
     judgebench_category,
-    log_evaluation,
-    markdown,
     score_results,
 )
+from synpref_core.rm.report import evaluation_metrics, log_evaluation, markdown
 from tests.conftest import REPO
 from tests.rm_helpers import tiny_model_dir
 
@@ -79,25 +78,31 @@ def test_pairwise_per_subset_macro_and_length_baseline():
         pair(-1.0, 1.0, None, chosen="s", rejected="longer"),
     ]
     result = score_results(table(rows), "pairs")
-    assert set(result) >= {"overall", "subsets", "length_baseline", "calibration", "count"}
-    assert result["format"] == "pairs"
-    assert result["count"] == 5
-    subsets = result["subsets"]
+    assert set(result.json_dict()) >= {
+        "overall",
+        "subsets",
+        "length_baseline",
+        "calibration",
+        "count",
+    }
+    assert result.format == "pairs"
+    assert result.count == 5
+    subsets = {k: v.model_dump(exclude_unset=True) for k, v in result.subsets.items()}
     assert set(subsets) == {"a", "b", "default"}
     assert subsets["a"] == pytest.approx({"accuracy": 2 / 3, "length_baseline": 1 / 3, "count": 3})
     assert subsets["b"] == {"accuracy": 1.0, "length_baseline": 1.0, "count": 1}
     assert subsets["default"] == {"accuracy": 0.0, "length_baseline": 0.0, "count": 1}
-    assert result["overall"] == pytest.approx((2 / 3 + 1 + 0) / 3)
-    assert result["length_baseline"] == pytest.approx((1 / 3 + 1 + 0) / 3)
-    assert result["detail"]["micro"] == pytest.approx(3 / 5)
-    json.dumps(result, allow_nan=False)  # valid JSON: no NaN anywhere
+    assert result.overall == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert result.length_baseline == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert result.detail.micro == pytest.approx(3 / 5)
+    json.dumps(result.json_dict(), allow_nan=False)  # valid JSON: no NaN anywhere
 
 
 def test_length_baseline_counts_characters_not_bytes():
     # "ééé" is 3 characters (6 UTF-8 bytes), "abcd" 4: the chosen is the shorter one.
     result = score_results(table([pair(1.0, 0.0, "x", chosen="ééé", rejected="abcd")]), "pairs")
-    assert result["length_baseline"] == 0.0
-    assert result["overall"] == 1.0
+    assert result.length_baseline == 0.0
+    assert result.overall == 1.0
 
 
 def test_unknown_format_and_missing_columns_are_errors():
@@ -138,26 +143,26 @@ def test_rm_bench_easy_normal_hard():
     # math item: all right except the hardest cell (0, 2), a tie -> easy 1, normal 1, hard 2/3
     math_ = rm_bench_item(2, "math", lambda i, j: "tie" if (i, j) == (0, 2) else True)
     result = score_results(table(chat + math_), "rm-bench")
-    assert result["count"] == 18
-    chat_block, math_block = result["subsets"]["chat"], result["subsets"]["math"]
-    assert (chat_block["easy"], chat_block["normal"], chat_block["hard"]) == (1.0, 0.0, 0.0)
-    assert chat_block["accuracy"] == pytest.approx(1 / 3)
-    assert math_block["easy"] == 1.0 and math_block["normal"] == 1.0
-    assert math_block["hard"] == pytest.approx(2 / 3)
-    assert math_block["accuracy"] == pytest.approx(8 / 9)
-    assert chat_block["count"] == 9 and chat_block["groups"] == 1
-    detail = result["detail"]
-    assert detail["easy"] == 1.0
-    assert detail["normal"] == 0.5
-    assert detail["hard"] == pytest.approx(1 / 3)
-    assert detail["groups"] == 2
-    assert result["overall"] == pytest.approx((1 + 0.5 + 1 / 3) / 3)
-    assert detail["matrix"][0][2] == 0.0  # cell (0, 2): chat wrong, math tied (wrong)
-    assert detail["matrix"][0][1] == 0.5  # cell (0, 1): chat wrong, math right
+    assert result.count == 18
+    chat_block, math_block = result.subsets["chat"], result.subsets["math"]
+    assert (chat_block.easy, chat_block.normal, chat_block.hard) == (1.0, 0.0, 0.0)
+    assert chat_block.accuracy == pytest.approx(1 / 3)
+    assert math_block.easy == 1.0 and math_block.normal == 1.0
+    assert math_block.hard == pytest.approx(2 / 3)
+    assert math_block.accuracy == pytest.approx(8 / 9)
+    assert chat_block.count == 9 and chat_block.groups == 1
+    detail = result.detail
+    assert detail.easy == 1.0
+    assert detail.normal == 0.5
+    assert detail.hard == pytest.approx(1 / 3)
+    assert detail.groups == 2
+    assert result.overall == pytest.approx((1 + 0.5 + 1 / 3) / 3)
+    assert detail.matrix[0][2] == 0.0  # cell (0, 2): chat wrong, math tied (wrong)
+    assert detail.matrix[0][1] == 0.5  # cell (0, 1): chat wrong, math right
     # Longer wins only below the diagonal (chosen 20/30 vs rejected 12/22): easy 1, others 0.
-    assert detail["length_baseline_levels"] == {"easy": 1.0, "normal": 0.0, "hard": 0.0}
-    assert result["length_baseline"] == pytest.approx(1 / 3)
-    assert chat_block["length_baseline"] == pytest.approx(1 / 3)
+    assert detail.length_baseline_levels == {"easy": 1.0, "normal": 0.0, "hard": 0.0}
+    assert result.length_baseline == pytest.approx(1 / 3)
+    assert chat_block.length_baseline == pytest.approx(1 / 3)
 
 
 def test_rm_bench_cells_average_over_items_that_have_them():
@@ -168,10 +173,10 @@ def test_rm_bench_cells_average_over_items_that_have_them():
         if json.loads(r["meta"])["chosen_style"] != 2 or json.loads(r["meta"])["rejected_style"]
     ]
     result = score_results(table(rows), "rm-bench")
-    assert result["count"] == 17
-    matrix = result["detail"]["matrix"]
+    assert result.count == 17
+    matrix = result.detail.matrix
     assert matrix[2][0] == 1.0 and matrix[1][0] == 0.5
-    assert result["detail"]["easy"] == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+    assert result.detail.easy == pytest.approx((1.0 + 0.5 + 0.5) / 3)
 
 
 # --------------------------------------------------------------------------------- RMB
@@ -201,35 +206,35 @@ def test_rmb_best_of_n_tie_fails_and_pairwise_separately():
         pair(0.0, 1.0, "Pairwise_set/Helpfulness/Code", meta={"kind": "pairwise"}),
     ]
     result = score_results(table(rows), "rmb")
-    assert result["count"] == 7
-    bon_detail = result["detail"]["bon"]
-    assert bon_detail["groups"] == 3 and bon_detail["count"] == 5
-    assert bon_detail["overall"] == pytest.approx((0.5 + 1.0) / 2)
-    assert bon_detail["detail"]["micro"] == pytest.approx(2 / 3)
-    subsets = result["subsets"]
-    assert subsets["BoN_set/Helpfulness/Chat"]["accuracy"] == 0.5
-    assert subsets["BoN_set/Helpfulness/Chat"]["groups"] == 2
-    assert subsets["BoN_set/Helpfulness/Chat"]["count"] == 4
-    assert subsets["BoN_set/Harmlessness/Crime"]["accuracy"] == 1.0
-    assert subsets["Pairwise_set/Helpfulness/Code"]["kind"] == "pairwise"
-    assert result["detail"]["pairwise"]["overall"] == 0.5
-    assert result["overall"] == pytest.approx((0.75 + 0.5) / 2)
+    assert result.count == 7
+    bon_detail = result.detail["bon"]
+    assert bon_detail.groups == 3 and bon_detail.count == 5
+    assert bon_detail.overall == pytest.approx((0.5 + 1.0) / 2)
+    assert bon_detail.detail.micro == pytest.approx(2 / 3)
+    subsets = result.subsets
+    assert subsets["BoN_set/Helpfulness/Chat"].accuracy == 0.5
+    assert subsets["BoN_set/Helpfulness/Chat"].groups == 2
+    assert subsets["BoN_set/Helpfulness/Chat"].count == 4
+    assert subsets["BoN_set/Harmlessness/Crime"].accuracy == 1.0
+    assert subsets["Pairwise_set/Helpfulness/Code"].kind == "pairwise"
+    assert result.detail["pairwise"].overall == 0.5
+    assert result.overall == pytest.approx((0.75 + 0.5) / 2)
     # Length: groups with a second loser lose it (loser 1 is longer than the best); g3 wins.
-    assert subsets["BoN_set/Helpfulness/Chat"]["length_baseline"] == 0.0
-    assert subsets["BoN_set/Harmlessness/Crime"]["length_baseline"] == 1.0
+    assert subsets["BoN_set/Helpfulness/Chat"].length_baseline == 0.0
+    assert subsets["BoN_set/Harmlessness/Crime"].length_baseline == 1.0
 
 
 def test_rmb_best_of_n_best_beats_all():
     result = score_results(table(bon("g", "s", 3.0, [2.9, -1.0, 0.0])), "rmb")
-    assert result["overall"] == 1.0
-    assert result["subsets"]["s"] == {
+    assert result.overall == 1.0
+    assert result.subsets["s"].model_dump(exclude_unset=True) == {
         "kind": "bon",
         "accuracy": 1.0,
         "length_baseline": 0.0,
         "count": 3,
         "groups": 1,
     }
-    assert "pairwise" not in result["detail"]
+    assert "pairwise" not in result.detail
 
 
 # --------------------------------------------------------------------------------- JudgeBench
@@ -262,7 +267,7 @@ def test_judgebench_accuracy_per_category():
         pair(1.0, 0.0, "something-else"),
     ]
     result = score_results(table(rows), "judgebench")
-    accuracy = {k: (v["accuracy"], v["count"]) for k, v in result["subsets"].items()}
+    accuracy = {k: (v.accuracy, v.count) for k, v in result.subsets.items()}
     assert accuracy == {
         "knowledge": (0.5, 2),
         "reasoning": (1.0, 1),
@@ -270,9 +275,9 @@ def test_judgebench_accuracy_per_category():
         "coding": (0.0, 1),
         "other": (1.0, 1),
     }
-    assert result["overall"] == pytest.approx(4 / 6)  # over all pairs
-    assert result["detail"]["macro"] == pytest.approx((0.5 + 1 + 1 + 0 + 1) / 5)
-    assert set(result["detail"]["sources"]) == {r["source_subset"] for r in rows}
+    assert result.overall == pytest.approx(4 / 6)  # over all pairs
+    assert result.detail.macro == pytest.approx((0.5 + 1 + 1 + 0 + 1) / 5)
+    assert set(result.detail.sources) == {r["source_subset"] for r in rows}
 
 
 # --------------------------------------------------------------------------------- calibration
@@ -281,26 +286,32 @@ def test_judgebench_accuracy_per_category():
 def test_calibration_bins_and_counts():
     d = math.log(3)  # sigmoid(ln 3) = 0.75
     cal = calibration([0.0, d, 0.0, 10.0], [0.0, 0.0, d, 0.0])
-    bins = cal["bins"]
+    bins = cal.bins
     assert len(bins) == 10
-    assert [b["lo"] for b in bins] == pytest.approx([k / 10 for k in range(10)])
-    counts = [b["count"] for b in bins]
+    assert [b.lo for b in bins] == pytest.approx([k / 10 for k in range(10)])
+    counts = [b.count for b in bins]
     # tie: 0.5 twice; +ln3: 0.75 (won) & 0.25 (lost); -ln3: 0.25 (won) & 0.75 (lost); +10: ~1, ~0
     assert counts == [1, 0, 2, 0, 0, 2, 0, 2, 0, 1]
-    assert sum(counts) == 2 * cal["pairs"] == 8
-    assert bins[5]["accuracy"] == 0.5 and bins[5]["mean_p"] == 0.5
-    assert bins[7]["accuracy"] == 0.5 and bins[7]["mean_p"] == pytest.approx(0.75)
-    assert bins[9]["accuracy"] == 1.0 and bins[0]["accuracy"] == 0.0
-    assert bins[1] == {"lo": 0.1, "hi": 0.2, "count": 0, "mean_p": None, "accuracy": None}
-    expected_ece = (2 * 0 + 2 * 0.25 + 2 * 0.25 + 2 * (1 - bins[9]["mean_p"])) / 8
-    assert cal["ece"] == pytest.approx(expected_ece)
+    assert sum(counts) == 2 * cal.pairs == 8
+    assert bins[5].accuracy == 0.5 and bins[5].mean_p == 0.5
+    assert bins[7].accuracy == 0.5 and bins[7].mean_p == pytest.approx(0.75)
+    assert bins[9].accuracy == 1.0 and bins[0].accuracy == 0.0
+    assert bins[1].model_dump() == {
+        "lo": 0.1,
+        "hi": 0.2,
+        "count": 0,
+        "mean_p": None,
+        "accuracy": None,
+    }
+    expected_ece = (2 * 0 + 2 * 0.25 + 2 * 0.25 + 2 * (1 - bins[9].mean_p)) / 8
+    assert cal.ece == pytest.approx(expected_ece)
 
 
 def test_calibration_is_in_every_result_and_skips_nan():
     result = score_results(table([pair(1.0, 0.0, "a"), pair(math.nan, 0.0, "a")]), "pairs")
-    assert result["calibration"]["pairs"] == 1
-    assert sum(b["count"] for b in result["calibration"]["bins"]) == 2
-    assert result["overall"] == 0.5  # the NaN pair is scored, as wrong
+    assert result.calibration.pairs == 1
+    assert sum(b.count for b in result.calibration.bins) == 2
+    assert result.overall == 0.5  # the NaN pair is scored, as wrong
 
 
 def test_metrics_names_are_sanitized_and_markdown_lists_subsets():
@@ -360,6 +371,45 @@ def test_synpref_eval_judgebench_json(tiny_rm):
     assert 0.0 <= data["length_baseline"] <= 1.0
 
 
+def test_synpref_eval_progress_on_stderr_keeps_json_stdout(tiny_rm):
+    args = ["eval", "--model", str(tiny_rm), "--format", "judgebench", "--progress"]
+    result = runner.invoke(app, [*args, str(FIXTURES / "judgebench.jsonl"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["count"] == 3
+    assert "scoring" in result.stderr and "3/3" in result.stderr
+    quiet = runner.invoke(app, [*args[:-1], "--quiet", str(FIXTURES / "judgebench.jsonl")])
+    assert quiet.exit_code == 0, quiet.output
+    assert "scoring" not in quiet.stderr
+
+
+def test_progress_scoring_gives_score_table_numbers(tiny_rm):
+    # Many short pairs and a small budget: several forward passes, each advancing the bar.
+    from synpref_core.rm.evaluate import score_rewards
+    from synpref_core.rm.model import load_reward_model
+    from synpref_core.rm.scoring import score_table
+
+    words = [" ".join(["word"] * (1 + i % 7)) for i in range(40)]
+    pairs = pa.table(
+        {
+            "conversation": [[{"role": "user", "content": w}] for w in words],
+            "chosen": [w + " yes" for w in words],
+            "rejected": [w[: 1 + i] for i, w in enumerate(words)],
+        }
+    )
+    model, tokenizer = load_reward_model(str(tiny_rm))
+    expected = score_table(
+        model,
+        tokenizer,
+        pairs["conversation"].to_pylist(),
+        pairs["chosen"].to_pylist(),
+        pairs["rejected"].to_pylist(),
+        max_length=64,
+        token_budget=128,
+    )
+    got = score_rewards(model, tokenizer, pairs, max_length=64, token_budget=128, progress=True)
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
 def test_synpref_eval_errors_exit_2(tiny_rm, tmp_path):
     result = runner.invoke(
         app, ["eval", "--model", str(tiny_rm), "--format", "nope", str(FIXTURES / "rm-bench.json")]
@@ -403,9 +453,9 @@ def test_log_evaluation_to_mlflow(tmp_path, restore_mlflow_uri):
     run = client.get_run(run_id)
     assert run.info.run_name == "eval-test"
     metrics = run.data.metrics
-    assert metrics["eval.rm-bench.overall"] == pytest.approx(result["overall"])
+    assert metrics["eval.rm-bench.overall"] == pytest.approx(result.overall)
     assert metrics["eval.rm-bench.length_baseline"] == pytest.approx(1 / 3)
-    assert metrics["eval.rm-bench.subset.chat"] == pytest.approx(result["overall"])
+    assert metrics["eval.rm-bench.subset.chat"] == pytest.approx(result.overall)
     assert metrics["eval.rm-bench.hard"] == 0.0
     assert metrics["eval.rm-bench.count"] == 9.0
     names = {a.path for a in client.list_artifacts(run_id, "eval/rm-bench")}
@@ -415,14 +465,14 @@ def test_log_evaluation_to_mlflow(tmp_path, restore_mlflow_uri):
         "eval/rm-bench/calibration.png",
     }
     local = client.download_artifacts(run_id, "eval/rm-bench", str(tmp_path / "dl"))
-    assert json.loads(Path(local, "eval.json").read_text())["overall"] == result["overall"]
+    assert json.loads(Path(local, "eval.json").read_text())["overall"] == result.overall
     assert Path(local, "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # With a run already active, the result goes to that run.
     with mlflow.start_run(experiment_id=run.info.experiment_id) as active:
         assert log_evaluation(result, prefix="bench") == active.info.run_id
     assert client.get_run(active.info.run_id).data.metrics["bench.overall"] == pytest.approx(
-        result["overall"]
+        result.overall
     )
 
 
@@ -431,5 +481,5 @@ def test_scores_are_numpy_friendly():
     frame = table([pair(1.0, 0.0, "a")]).with_columns(
         pl.col("r_chosen").cast(pl.Float32), pl.col("r_rejected").cast(pl.Int64)
     )
-    assert score_results(frame, "pairs")["overall"] == 1.0
-    assert np.isclose(score_results(frame.to_arrow(), "pairs")["overall"], 1.0)
+    assert score_results(frame, "pairs").overall == 1.0
+    assert np.isclose(score_results(frame.to_arrow(), "pairs").overall, 1.0)
