@@ -17,14 +17,14 @@ def train_rm(config: TrainConfig, executor: ExecutorConfig) -> TrainResult:
 
 @task(name="register-rm")
 def register_rm(
-    result: TrainResult, config: TrainConfig, tracking: TrackingConfig, name: str
+    result: TrainResult, config: TrainConfig, tracking_config: TrackingConfig, name: str
 ) -> int:
     """Log the best model to the active MLflow run and register it; returns the version."""
     return register_model(
         result,
         config,
         config.train_manifest,
-        tracking,
+        tracking_config,
         name=name,
         gold_manifest=config.gold_manifest,
     )

@@ -108,11 +108,11 @@ def evaluation_metrics(result: EvalResult, prefix: str | None = None) -> dict[st
 def log_evaluation(
     result: EvalResult,
     run_name: str = "eval",
-    tracking: TrackingConfig | None = None,
+    tracking_config: TrackingConfig | None = None,
     prefix: str | None = None,
 ) -> str:
     """Log a result to the active MLflow run, or to a new run ``run_name`` (via
-    ``tracking.start_run`` with ``tracking``; default: the local SQLite store).
+    ``tracking.start_run`` with ``tracking_config``; default: the local SQLite store).
 
     Metrics from :func:`evaluation_metrics`; artifacts under ``eval/<format>/``: ``eval.json``,
     ``eval.md`` and ``calibration.png``. Returns the run id.
@@ -132,5 +132,5 @@ def log_evaluation(
     active = mlflow.active_run()
     if active is not None:
         return log(active)
-    with start_run(tracking or TrackingConfig(), run_name) as run:
+    with start_run(tracking_config or TrackingConfig(), run_name) as run:
         return log(run)

@@ -447,7 +447,7 @@ def test_log_evaluation_to_mlflow(tmp_path, restore_mlflow_uri):
     rows = rm_bench_item(1, "chat", lambda i, j: i >= j)
     result = score_results(table(rows), "rm-bench")
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="ev")
-    run_id = log_evaluation(result, run_name="eval-test", tracking=tracking)
+    run_id = log_evaluation(result, run_name="eval-test", tracking_config=tracking)
 
     client = MlflowClient(tracking_uri=tracking.tracking_uri)
     run = client.get_run(run_id)
