@@ -6,8 +6,8 @@ scores both responses of every pair with the RM, hands the scored pairs to the b
 is the command line, ``flows/evaluate.py`` the Prefect flow; ``rm/report.py`` renders and logs
 the result.
 
-Scoring runs the same length-bucketed batches as :func:`synpref_core.rm.scoring.score_table`,
-one forward pass at a time, so a progress bar can follow it without changing a number.
+Scoring is :func:`synpref_core.rm.scoring.score_table` (length-bucketed batches under a token
+budget), which reports each forward pass, so a progress bar follows it without changing a number.
 """
 
 from __future__ import annotations
@@ -61,17 +61,6 @@ def read_pairs(stage_dir: str) -> pa.Table:
     return pa.Table.from_batches(batches)
 
 
-def encode_pairs(tokenizer: Any, pairs: pa.Table, max_length: int) -> list[list[int]]:
-    """Token ids of every chosen response, then of every rejected one, each after its prompt."""
-    from synpref_core.rm.model import encode
-
-    conversations = pairs.column("conversation").to_pylist()
-    return [
-        *encode(tokenizer, conversations, pairs.column("chosen").to_pylist(), max_length),
-        *encode(tokenizer, conversations, pairs.column("rejected").to_pylist(), max_length),
-    ]
-
-
 def score_rewards(
     model: Any,
     tokenizer: Any,
@@ -80,22 +69,29 @@ def score_rewards(
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(r_chosen, r_rejected) of ``pairs``: the numbers ``score_table`` gives, from the batches
-    it plans, one forward pass at a time; with ``progress``, a bar on stderr counts the pairs
-    scored (responses scored / 2)."""
-    from synpref_core.rm.scoring import plan_batches, score_sequences
+    """(r_chosen, r_rejected) of ``pairs`` (:func:`~synpref_core.rm.scoring.score_table`);
+    with ``progress``, a bar on stderr counts the pairs scored (responses scored / 2)."""
+    from synpref_core.rm.scoring import score_table
 
-    sequences = encode_pairs(tokenizer, pairs, max_length)
-    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-    rewards = np.empty(len(sequences), dtype=np.float64)
-    done = 0  # responses
     with tqdm(total=pairs.num_rows, desc="scoring", unit="pair", disable=not progress) as bar:
-        for batch in plan_batches(lengths, token_budget):
-            batch_ids = [sequences[i] for i in batch]
-            rewards[batch] = score_sequences(model, tokenizer, batch_ids, token_budget)
-            done += len(batch)
-            bar.update(done // 2 - bar.n)
-    return rewards[: pairs.num_rows], rewards[pairs.num_rows :]
+        responses = 0
+
+        def advance(scored: int) -> None:
+            nonlocal responses
+            responses += scored
+            bar.update(responses // 2 - bar.n)
+
+        scores = score_table(
+            model,
+            tokenizer,
+            pairs.column("conversation").to_pylist(),
+            pairs.column("chosen").to_pylist(),
+            pairs.column("rejected").to_pylist(),
+            max_length,
+            token_budget,
+            advance,
+        )
+    return scores.r_chosen, scores.r_rejected
 
 
 def score_with_model(

@@ -3,8 +3,8 @@
 The core, :func:`score_sequences`, runs token-id sequences through a reward model with
 length-bucketed dynamic batching: sequences are sorted by length and cut into batches whose
 ``width × rows`` stays within ``token_budget`` tokens, each padded only to its own longest
-sequence, so little compute goes to padding. :func:`score_table` is the same for in-memory
-pairs (evaluation and training reuse it).
+sequence, so little compute goes to padding. :func:`score_table` scores in-memory pairs with it
+(the stage and evaluation use it).
 
 :class:`ScoreStage` (a :class:`~synpref_core.stages.MapStage`) scores the shards of a finished
 pair manifest into one Parquet file per shard (``SCORE_SCHEMA``), ``batch_rows`` pairs at a time;
@@ -37,8 +37,8 @@ reserves (``1``, or ``0.5`` for two actors per GPU); an actor without it sees no
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -133,9 +133,14 @@ def plan_batches(lengths: np.ndarray, token_budget: int) -> list[np.ndarray]:
 
 
 def score_sequences(
-    model: Any, tokenizer: Any, sequences: Sequence[Sequence[int]], token_budget: int
+    model: Any,
+    tokenizer: Any,
+    sequences: Sequence[Sequence[int]],
+    token_budget: int,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """The reward of each token-id sequence (float64), in input order."""
+    """The reward of each token-id sequence (float64), in input order; ``on_batch(n)`` after
+    each forward pass of ``n`` sequences (progress)."""
     lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
     if lengths.size and lengths.min() == 0:
         raise ValueError("cannot score an empty token sequence")
@@ -153,7 +158,18 @@ def score_sequences(
                 attention_mask=torch.from_numpy(mask).to(device, torch.int64),
             ).logits
             rewards[batch] = logits[:, 0].double().cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(batch))
     return rewards
+
+
+class PairScores(NamedTuple):
+    """Rewards (float64) and token counts (after truncation) of both sides, in input order."""
+
+    r_chosen: np.ndarray
+    r_rejected: np.ndarray
+    chosen_tokens: list[int]
+    rejected_tokens: list[int]
 
 
 def score_table(
@@ -164,29 +180,17 @@ def score_table(
     rejected: Sequence[str],
     max_length: int,
     token_budget: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(r_chosen, r_rejected) of in-memory pairs, both float64 arrays in input order."""
-    r_chosen, r_rejected, _, _ = _score_pairs(
-        model, tokenizer, conversations, chosen, rejected, max_length, token_budget
-    )
-    return r_chosen, r_rejected
-
-
-def _score_pairs(
-    model: Any,
-    tokenizer: Any,
-    conversations: Sequence[Sequence[dict]],
-    chosen: Sequence[str],
-    rejected: Sequence[str],
-    max_length: int,
-    token_budget: int,
-) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
-    """Rewards and token counts of both sides; both sides share one set of batches."""
+    on_batch: Callable[[int], None] | None = None,
+) -> PairScores:
+    """Score in-memory pairs; both sides share one set of batches. ``on_batch(n)`` is told
+    after each forward pass how many responses (of ``2 × pairs``) it scored."""
     chosen_ids = encode(tokenizer, conversations, chosen, max_length)
     rejected_ids = encode(tokenizer, conversations, rejected, max_length)
-    rewards = score_sequences(model, tokenizer, chosen_ids + rejected_ids, token_budget)
+    rewards = score_sequences(model, tokenizer, chosen_ids + rejected_ids, token_budget, on_batch)
     n = len(chosen_ids)
-    return rewards[:n], rewards[n:], list(map(len, chosen_ids)), list(map(len, rejected_ids))
+    return PairScores(
+        rewards[:n], rewards[n:], list(map(len, chosen_ids)), list(map(len, rejected_ids))
+    )
 
 
 def preference_probability(r_chosen: np.ndarray, r_rejected: np.ndarray) -> np.ndarray:
@@ -264,7 +268,7 @@ class ScoreStage(MapStage):
         return cached_reward_model(score.model, score.device, score.dtype, self.model_version)
 
     def map_batch(self, batch: pa.RecordBatch, model: tuple[Any, Any]) -> pa.Table:
-        r_chosen, r_rejected, n_chosen, n_rejected = _score_pairs(
+        r_chosen, r_rejected, n_chosen, n_rejected = score_table(
             *model,
             batch.column("conversation").to_pylist(),
             batch.column("chosen").to_pylist(),

@@ -80,7 +80,7 @@ def test_batched_rewards_equal_one_sequence_at_a_time(pairs_dir, tiny):
     assert batched.dtype == np.float64
     np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5)
 
-    r_chosen, r_rejected = score_table(
+    scored = score_table(
         model,
         tokenizer,
         pairs["conversation"].to_list(),
@@ -89,7 +89,8 @@ def test_batched_rewards_equal_one_sequence_at_a_time(pairs_dir, tiny):
         MAX_LENGTH,
         token_budget=1024,
     )
-    np.testing.assert_allclose(np.concatenate([r_chosen, r_rejected]), single, rtol=0, atol=1e-5)
+    both = np.concatenate([scored.r_chosen, scored.r_rejected])
+    np.testing.assert_allclose(both, single, rtol=0, atol=1e-5)
 
 
 def test_batches_keep_to_the_token_budget():
@@ -151,7 +152,7 @@ def test_stage_scores_every_pair_and_reruns_only_missing_shards(pairs_dir, tiny,
     assert tokens.max() == MAX_LENGTH and tokens.min() > 0
     assert manifest.counts["tokens"] == tokens.sum()
     model, tokenizer = cached_reward_model(tiny)
-    r_chosen, _ = score_table(
+    r_chosen, *_ = score_table(
         model,
         tokenizer,
         pairs["conversation"].to_list(),
