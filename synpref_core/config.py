@@ -12,22 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-FORMATS: tuple[str, ...] = (
-    "hh-rlhf",
-    "pandalm",
-    "llmbar",
-    "offsetbias",
-    "pairs",
-    "rm-bench",
-    "rmb",
-    "judgebench",
-    "rewardbench",
-)
 Format = Literal[
     "hh-rlhf",
     "pandalm",
@@ -39,6 +28,7 @@ Format = Literal[
     "judgebench",
     "rewardbench",
 ]
+FORMATS: tuple[str, ...] = get_args(Format)
 
 DEFAULT_HOME = Path(".synpref")
 
