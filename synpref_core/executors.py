@@ -28,6 +28,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from synpref_core.config import ExecutorConfig
+from synpref_core.io.lock import output_lock
 from synpref_core.models import torch_threads
 from synpref_core.stages import ShardResult, Stage
 
@@ -46,10 +47,24 @@ def run(
     tasks (the model then loads once per Ray worker process, which an autoscaling cluster may
     prefer)."""
     executor = executor or ExecutorConfig()
+    with output_lock(stage.out):
+        manifest = _run(stage, executor, progress, on_actors)
+        stale = stage.remove_stale()
+    if stale:
+        shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        log.warning(
+            "%s: removed %d files its manifest does not list: %s", stage.out, len(stale), shown
+        )
+    return manifest
+
+
+def _run(stage: Stage, executor: ExecutorConfig, progress: bool, on_actors: bool | None) -> str:
     holds_model = getattr(stage, "holds_model", False)
     actors = holds_model if on_actors is None else on_actors
     specs = stage.plan()
-    results = {i: r for i in range(len(specs)) if (r := stage.finished_result(i)) is not None}
+    results = {
+        i: r for i, spec in enumerate(specs) if (r := stage.finished_result(i, spec)) is not None
+    }
     todo = [i for i in range(len(specs)) if i not in results]
     log.info(
         "%s: %d shards, %d to run, %d already done", stage.name, len(specs), len(todo), len(results)

@@ -46,6 +46,7 @@ class StageError(RuntimeError):
 
 
 MANIFEST = "manifest.json"
+OWNED_FOLDERS = ("data", "rejects", "_markers")  # what a stage's directory holds of its own
 
 
 def part_name(index: int) -> str:
@@ -89,14 +90,19 @@ class Stage(ABC):
     def marker_path(self, index: int) -> str:
         return fsio.join(self._fs()[1], "_markers", part_name(index) + ".json")
 
-    def finished_result(self, index: int) -> ShardResult | None:
-        """The shard's recorded result if it finished under this config and its files exist."""
+    def finished_result(self, index: int, spec: dict[str, Any]) -> ShardResult | None:
+        """The shard's recorded result if it finished under this identity and this very spec
+        (which names its input: a file's size and mtime, a parent file's path and rows), and
+        its files still exist at the recorded sizes."""
         fs, root = self._fs()
         marker = self.marker_path(index)
         if not fsio.exists(fs, marker):
             return None
-        record = fsio.read_json(fs, marker)
-        if record.get("config_hash") != self.config_hash:
+        try:
+            record = fsio.read_json(fs, marker)
+        except ValueError:
+            return None  # a torn or foreign marker: recompute the shard
+        if record.get("config_hash") != self.config_hash or record.get("spec") != spec:
             return None
         result: ShardResult = record["result"]
         for entry in result["files"]:
@@ -105,19 +111,42 @@ class Stage(ABC):
                 return None
         return result
 
-    def mark_finished(self, result: ShardResult) -> None:
+    def mark_finished(self, result: ShardResult, spec: dict[str, Any]) -> None:
         fs, _ = self._fs()
-        record = {"config_hash": self.config_hash, "result": result}
+        record = {"config_hash": self.config_hash, "spec": spec, "result": result}
         fsio.write_json_atomic(fs, self.marker_path(result["shard"]), record)
 
     def execute_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
         """Run one shard and record its marker (what executors call)."""
         result = self.run_shard(index, spec)
-        self.mark_finished(result)
+        self.mark_finished(result, spec)
         return result
 
     def manifest_path(self) -> str:
         return manifest_uri(self.out)
+
+    def remove_stale(self) -> list[str]:
+        """Delete what the finished manifest does not list in the folders this stage owns
+        (``data/``, ``rejects/``, ``_markers/``), and temporary files a killed run left
+        (``.tmp-*``), so a folder reused for another input holds only this run's files.
+        Returns the removed paths, relative to the stage directory."""
+        fs, root = self._fs()
+        manifest = load_manifest(self.out)
+        keep = {f["path"] for f in manifest.files}
+        keep |= {f"_markers/{part_name(i)}.json" for i in range(manifest.num_shards)}
+        found = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+        found = [i for i in found if i.type == pafs.FileType.File]
+        for folder in OWNED_FOLDERS:
+            selector = pafs.FileSelector(fsio.join(root, folder), allow_not_found=True)
+            selector.recursive = True
+            found += [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+        stale = []
+        for info in found:
+            rel = info.path[len(root) :].lstrip("/")
+            if info.base_name.startswith(".tmp-") or ("/" in rel and rel not in keep):
+                fs.delete_file(info.path)
+                stale.append(rel)
+        return sorted(stale)
 
     def summarize(self, results: list[ShardResult]) -> dict[str, int]:
         """Stage-wide counts; by default the sum over shards."""

@@ -86,7 +86,7 @@ def test_an_actor_loads_the_model_once(pairs_dir, tiny, tmp_path, ray_local):  #
     ray_local.kill(actor)
     assert len(loaded) == 1 and after == loaded  # loaded at start, the same model for all shards
     assert threads == 1
-    assert all(stage.finished_result(i) is not None for i in range(len(specs)))
+    assert all(stage.finished_result(i, spec) is not None for i, spec in enumerate(specs))
 
 
 @pytest.mark.slow

@@ -143,7 +143,8 @@ def test_rerun_skips_finished_shards_and_recomputes_a_removed_one(hh_embedded, t
     first = load_manifest(run(EmbedStage(config), progress=False))
     (out / "data" / "part-00001.parquet").unlink()
     stage = EmbedStage(config)
-    missing = [i for i in range(first.num_shards) if stage.finished_result(i) is None]
+    specs = stage.plan()
+    missing = [i for i, spec in enumerate(specs) if stage.finished_result(i, spec) is None]
     assert missing == [1]
     assert load_manifest(run(EmbedStage(config), progress=False)) == first
 
@@ -157,8 +158,8 @@ def test_a_changed_model_reembeds_and_the_store_never_mixes(hh_embedded, tmp_pat
     other = EmbedStage(embed_config(pairs_dir, str(out), model=tiny))
     assert other.model_version != minilm.model_version
     assert other.config_hash != minilm.config_hash  # so no shard of the old model is reused
-    assert all(minilm.finished_result(i) for i in range(len(minilm.plan())))
-    assert not any(other.finished_result(i) for i in range(len(other.plan())))
+    assert all(minilm.finished_result(i, s) for i, s in enumerate(minilm.plan()))
+    assert not any(other.finished_result(i, s) for i, s in enumerate(other.plan()))
     run(EmbedStage(embed_config(pairs_dir, str(out), model=tiny)), progress=False)
     vectors = read_vectors(out)
     assert set(vectors["model_version"].to_pylist()) == {other.model_version}
