@@ -40,22 +40,30 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from synpref_core.config import DEFAULT_HOME, StrictModel
+from synpref_core.io import fs as fsio
 from synpref_core.retrieval.tables import (
-    StoreError,
+    FILTER_COLUMNS,
+    GOLD_TEXT,
     id_filter,
     last_per_id,
-    model_of_rows,
+    store_rows,
     table_schema,
 )
 from synpref_core.schema import conform
+from synpref_core.stages import load_manifest
 
 log = logging.getLogger(__name__)
 
 TableName = Literal["pool", "gold"]
 KEEP_ROUND_STAMP = "target.`round` IS NULL OR source.`round` IS NOT NULL"
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked; the message names the table and the reason."""
 
 
 class AnnConfig(StrictModel):
@@ -167,6 +175,39 @@ class VectorStore:
             }
         )
         return self._submit(_Job(table, "update", rows=rows))
+
+    def add_embeddings(self, embeddings: str) -> dict[str, int]:
+        """Upsert every pair of a finished embedding stage (its manifest URI): gold pairs into
+        ``gold``, the rest into ``pool``. Returns the rows sent to each table.
+
+        Streams the stage's shards beside the pair shards they came from (the same shard order,
+        the same rows), one shard in memory at a time; waits for the commits."""
+        manifest = load_manifest(embeddings)
+        pairs_dir = load_manifest(manifest.parents[0]).dir
+        pair_columns = ["pair_id", "status", "round", "source", *FILTER_COLUMNS[:3], *GOLD_TEXT]
+        counts = {"pool": 0, "gold": 0}
+        writes = []
+        for shard in manifest.shards:
+            vectors = _read(fsio.join(manifest.dir, shard["files"][0]["path"]), None)
+            pairs = _read(fsio.join(pairs_dir, shard["spec"]["input"]), pair_columns)
+            gold = pc.equal(pairs["status"], "gold")
+            for table, part in (
+                ("gold", pairs.filter(gold)),
+                ("pool", pairs.filter(pc.invert(gold))),
+            ):
+                if not part.num_rows:
+                    continue
+                try:
+                    rows = store_rows(part, vectors, table)
+                except ValueError as exc:  # a pair shard and its embedding shard disagree
+                    raise StoreError(
+                        f"{embeddings}, shard {shard['spec']['input']}: {exc}"
+                    ) from exc
+                writes.append(self.upsert(table, rows))
+                counts[table] += part.num_rows
+        for write in writes:
+            write.result()  # raises what the commit raised, e.g. a model change
+        return counts
 
     def flush(self) -> None:
         """Wait until everything queued so far is committed; raise if a write since the last
@@ -385,3 +426,17 @@ class VectorStore:
         if ann.ef:
             query = query.ef(ann.ef)
         return query
+
+
+def model_of_rows(rows: pa.Table, table: str) -> tuple[str, str]:
+    """The one (model, model_version) of a batch of rows; a batch mixing models is refused."""
+    models = set(zip(rows["model"].to_pylist(), rows["model_version"].to_pylist(), strict=True))
+    if len(models) != 1:
+        raise StoreError(f"{table}: one write mixes vectors of {len(models)} models: {models}")
+    return models.pop()
+
+
+def _read(uri: str, columns: list[str] | None) -> pa.Table:
+    fs, path = fsio.resolve(uri)
+    with fs.open_input_file(path) as f:
+        return pq.read_table(f, columns=columns)

@@ -17,8 +17,7 @@ from synpref_core.config import IngestConfig, SourceSpec
 from synpref_core.ingest.pipeline import run_ingest
 from synpref_core.retrieval.embed import EmbedConfig, EmbedStage, embed_pairs
 from synpref_core.retrieval.encoder import load_encoder, model_version, render_text, token_lengths
-from synpref_core.retrieval.store import StoreConfig, VectorStore
-from synpref_core.retrieval.tables import StoreError, add_embeddings
+from synpref_core.retrieval.store import StoreConfig, StoreError, VectorStore
 from synpref_core.rm.model import load_tokenizer
 from synpref_core.stages import load_manifest
 from tests.ingest_helpers import HH
@@ -164,12 +163,12 @@ def test_a_changed_model_reembeds_and_the_store_never_mixes(hh_embedded, tmp_pat
     assert vectors.schema.field("vector").type.list_size == 32
 
     with VectorStore(StoreConfig(uri=str(tmp_path / "db"))) as store:
-        add_embeddings(store, embeddings)
+        store.add_embeddings(embeddings)
         with pytest.raises(StoreError, match="re-embed"):
-            add_embeddings(store, str(out))
+            store.add_embeddings(str(out))
         assert store.model_of("pool") == ("minilm", minilm.model_version)
     recreate = StoreConfig(uri=str(tmp_path / "db"), on_model_change="recreate")
     with VectorStore(recreate) as store:
-        counts = add_embeddings(store, str(out))
+        counts = store.add_embeddings(str(out))
         assert store.model_of("pool") == (tiny, other.model_version)
         assert store.count("pool") == counts["pool"] == vectors.num_rows

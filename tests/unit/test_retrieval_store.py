@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from synpref_core.retrieval.retrieve import RetrievalError, retrieve_candidates
-from synpref_core.retrieval.store import AnnConfig, StoreConfig, VectorStore
-from synpref_core.retrieval.tables import StoreError, table_schema
+from synpref_core.retrieval.store import AnnConfig, StoreConfig, StoreError, VectorStore
+from synpref_core.retrieval.tables import table_schema
 from synpref_core.schema import SchemaError
 
 DIM = 64
