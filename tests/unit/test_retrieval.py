@@ -20,7 +20,7 @@ from synpref_core.retrieval.retrieve import (
 )
 from synpref_core.retrieval.store import StoreConfig, VectorStore
 from synpref_core.retrieval.tables import store_rows
-from tests.unit.test_embed import hh_embedded, read_pairs, read_vectors  # noqa: F401 (fixture)
+from tests.embed_helpers import read_pairs, read_vectors
 
 GOLD = 30  # the first pairs become gold; the rest is the pool
 
@@ -30,7 +30,7 @@ def matrix(table: pa.Table) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def data(hh_embedded) -> dict:  # noqa: F811
+def data(hh_embedded) -> dict:
     pairs_dir, embeddings = hh_embedded
     pairs, vectors = read_pairs(pairs_dir), read_vectors(embeddings)
     status = ["gold"] * GOLD + ["unverified"] * (pairs.num_rows - GOLD)
