@@ -4,10 +4,10 @@ LanceDB's flat scan reads and decodes every vector again for each batch of queri
 :class:`FlatTable` holds one version of a table's ``pair_id`` and vectors (float32, with their
 norms) and answers what LanceDB's exact search answers: the same rows, distances within float32
 rounding (9e-7 measured). 256 queries, top 8, 384-d synthetic vectors, 2 shared cores
-(``benchmarks/bench_retrieval.py``): at 10k rows 0.05 s against LanceDB's 0.27 s (median 5.5×
-over 3 runs, 1.9-6.4×), at 100k 0.3 s against 4.2 s (median 14×, 5-20×). Reading the table
-into memory, once per table version, costs less than one flat scan: 0.14-0.21 s at 10k, 1.3-2.2 s
-at 100k (150 MB of vectors).
+(``benchmarks/bench_retrieval.py``, 4 runs): at 10k rows 0.02-0.18 s against LanceDB's
+0.27-0.37 s (median 5.9×, 1.9-15×), at 100k 0.2-0.7 s against 3.6-4.3 s (median 11×, 5-20×).
+Reading the table into memory, once per table version, costs less than one flat scan:
+0.14-0.21 s at 10k, 0.9-2.2 s at 100k (150 MB of vectors).
 
 Filters stay LanceDB's: a ``where`` is evaluated by a LanceDB scan of the row ids it selects in
 the copy's version (the filter columns only), so any SQL the store accepts works unchanged; the

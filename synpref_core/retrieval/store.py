@@ -22,7 +22,7 @@ else must then be re-embedded and added again).
 
 **Search.** Cosine distance (1 − cos). Exact below ``ann.min_rows`` rows, from an in-memory copy
 of the table's ids and vectors, read again after each write (:mod:`synpref_core.retrieval.flat`;
-5× LanceDB's flat scan at 10k rows, 14× at 100k); above, an ANN
+6× LanceDB's flat scan at 10k rows, 11× at 100k); above, an ANN
 index (IVF_PQ by default, or IVF_HNSW_SQ) built by :meth:`VectorStore.optimize` or
 :meth:`VectorStore.ensure_index` and searched with ``nprobes`` / ``refine_factor`` / ``ef``.
 Queries go to LanceDB ``query_batch`` vectors at a time (one scan for a flat batch).
