@@ -34,7 +34,6 @@ Results: a Markdown table on stdout and ``benchmarks/results/retrieval.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -46,14 +45,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.bench_scoring import machine, prepare_pairs, read_pairs, timed
+from benchmarks.bench_scoring import prepare_pairs, read_pairs
+from benchmarks.common import RESULTS, machine, timed, write_results
 from synpref_core.retrieval.embed import EmbedConfig, embed_pairs
 from synpref_core.retrieval.encoder import load_encoder, render_text, token_lengths
 from synpref_core.retrieval.store import AnnConfig, StoreConfig, VectorStore
 from synpref_core.retrieval.tables import table_schema
 from synpref_core.rm.scoring import plan_batches
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DIM, CLUSTERS, RANK, SPREAD, NOISE = 384, 2000, 16, 0.15, 0.02
 K, QUERY_CHUNK, TARGET_RECALL, ENCODE_BATCH = 8, 256, 0.95, 32
 MEMORY_MAX = AnnConfig().min_rows  # the in-memory path serves tables below the ANN threshold
@@ -389,19 +388,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as tmp:
         search = [search_size(n, args.queries, args.hnsw_max, Path(tmp)) for n in args.sizes]
         embed = embed_benchmark(args.records, args.repeat, Path(tmp))
-    import lancedb
-
     result = {
         "search": search,
         "embed": embed,
         "wall_s": time.perf_counter() - start,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "machine": {**machine(), "lancedb": lancedb.__version__},
+        "machine": machine("torch", "transformers", "lancedb"),
     }
     print(report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    print(f"\nwrote {write_results(args.json, result)}")
 
 
 if __name__ == "__main__":
