@@ -37,7 +37,7 @@ from synpref_core.config import IngestConfig, RuntimeConfig, StrictModel, load_c
 from synpref_core.curation.select import PairFilter, SelectConfig
 from synpref_core.retrieval.embed import EmbedConfig
 from synpref_core.retrieval.retrieve import RetrievalConfig
-from synpref_core.retrieval.round import RetrieveConfig
+from synpref_core.retrieval.round import RoundConfig
 from synpref_core.retrieval.store import StoreConfig
 from synpref_core.rm.registry import resolve_model
 from synpref_core.rm.scoring import ScoreConfig
@@ -113,7 +113,7 @@ def retrieve_flow(config: RetrieveFlowConfig | None = None) -> dict[str, Any]:
         )
         scores = score_gold(scoring, executor)
         candidates = retrieve(
-            RetrieveConfig(
+            RoundConfig(
                 scores=scores,
                 store=config.store,
                 retrieval=config.retrieval,
