@@ -8,7 +8,7 @@ from prefect import task
 from synpref_core.config import ExecutorConfig
 from synpref_core.executors import run
 from synpref_core.retrieval.embed import EmbedConfig, EmbedStage
-from synpref_core.retrieval.round import RetrieveConfig, RetrieveStage
+from synpref_core.retrieval.round import RetrieveStage, RoundConfig
 from synpref_core.retrieval.store import StoreConfig, VectorStore
 from synpref_core.rm.scoring import ScoreConfig, ScoreStage
 
@@ -42,7 +42,7 @@ def score_gold(config: ScoreConfig, executor: ExecutorConfig) -> str:
 
 
 @task(name="retrieve-candidates")
-def retrieve(config: RetrieveConfig) -> str:
+def retrieve(config: RoundConfig) -> str:
     """Adaptive-k retrieval of pool candidates for one round; returns the manifest URI."""
     # One shard that reads the store: in this process, whatever the executor.
     return run(RetrieveStage(config), ExecutorConfig(kind="local"))

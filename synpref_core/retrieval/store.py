@@ -90,6 +90,8 @@ class AnnConfig(StrictModel):
 
 
 class StoreConfig(StrictModel):
+    """The LanceDB vector store: where it lives, how it writes and how it is indexed."""
+
     uri: str = Field(str(DEFAULT_HOME / "vectors"), description="LanceDB directory or URI.")
     storage_options: dict[str, str] = Field(
         default_factory=dict, description="Object-store options passed to LanceDB."
