@@ -53,7 +53,12 @@ class EvaluateFlowConfig(StrictModel):
         bundled_benchmarks(), min_length=1, description="Default: the bundled benchmarks."
     )
     out: str = Field(".synpref/evaluate", description="Where ingested pairs and results go.")
-    max_length: int = Field(256, ge=8, description="Tokens per side when scoring.")
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Tokens per side when scoring; None: what the model was trained with, "
+        "else 256.",
+    )
     runtime: RuntimeConfig = Field(RuntimeConfig(), description="Executor and MLflow.")
 
 

@@ -68,8 +68,10 @@ class RetrieveFlowConfig(StrictModel):
         "of `model_name` in MLflow.",
     )
     model_name: str = Field(MODEL_NAME, description="Registered RM used when `rm` is None.")
-    rm_max_length: int = Field(
-        96, ge=8, description="Tokens per side when scoring gold; match the RM's training."
+    rm_max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Tokens per side when scoring gold; None: what the RM was trained with.",
     )
     embed_model: str = Field("minilm", description="sentence-transformers model: name or path.")
     store: StoreConfig = Field(StoreConfig(), description="The LanceDB vector store.")
