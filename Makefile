@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-evaluate test test-fast bench lint format server worker clean
+.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-evaluate test test-fast bench lint format server worker chromium clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ server: install  ## Prefect server with the UI on http://127.0.0.1:4200
 
 worker: install  ## a Prefect worker on the `synpref` process work pool
 	bash infra/prefect/worker.sh
+
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+chromium:  ## Debian's chromium + chromedriver for tests/flows/test_prefect_ui.py (which also installs them)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 clean:
 	rm -rf .synpref .pytest_cache .ruff_cache

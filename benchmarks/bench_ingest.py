@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from typing import Any
 import psutil
 
 from benchmarks import synth
+from benchmarks.common import busy_cpu_s, machine, rusage_cpu_s, write_results
 
 RESULTS = synth.RESULTS
 DEFAULT_SIZES = (100_000, 1_000_000)
@@ -218,9 +218,9 @@ def measure(kind: str, data: synth.SynthData, workers: int, tmp: Path) -> dict[s
         "--tmp",
         str(tmp),
     ]
-    cpu_before = _busy_cpu_s()
-    children_before = _rusage_cpu_s(resource.RUSAGE_CHILDREN)
-    self_before = _rusage_cpu_s(resource.RUSAGE_SELF)
+    cpu_before = busy_cpu_s()
+    children_before = rusage_cpu_s(resource.RUSAGE_CHILDREN)
+    self_before = rusage_cpu_s(resource.RUSAGE_SELF)
     started = time.perf_counter()
     popen = subprocess.Popen(cmd, cwd=synth.REPO)
     watch = _TreeWatch(popen.pid)
@@ -230,9 +230,9 @@ def measure(kind: str, data: synth.SynthData, workers: int, tmp: Path) -> dict[s
     process_s = time.perf_counter() - started
     # CPU seconds of the measured tree: waited-for descendants roll up into RUSAGE_CHILDREN; a
     # process that is reparented instead (e.g. a forkserver's workers) is only in the samples.
-    tree_cpu = max(_rusage_cpu_s(resource.RUSAGE_CHILDREN) - children_before, watch.cpu_s())
-    watcher_cpu = _rusage_cpu_s(resource.RUSAGE_SELF) - self_before
-    other_cpu = max(0.0, _busy_cpu_s() - cpu_before - tree_cpu - watcher_cpu)
+    tree_cpu = max(rusage_cpu_s(resource.RUSAGE_CHILDREN) - children_before, watch.cpu_s())
+    watcher_cpu = rusage_cpu_s(resource.RUSAGE_SELF) - self_before
+    other_cpu = max(0.0, busy_cpu_s() - cpu_before - tree_cpu - watcher_cpu)
     if popen.returncode != 0:
         raise RuntimeError(f"{kind} at n={data.meta['n']} failed with exit code {popen.returncode}")
     result = json.loads(result_file.read_text())
@@ -259,43 +259,6 @@ def measure(kind: str, data: synth.SynthData, workers: int, tmp: Path) -> dict[s
         },
     )
     return result
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (all cores) since boot."""
-    t = psutil.cpu_times()
-    # guest time is already inside user time; steal and iowait are not work done here
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-
-
-def _rusage_cpu_s(who: int) -> float:
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
-def machine() -> dict[str, Any]:
-    import pandas
-    import polars
-    import pyarrow
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "pandas": pandas.__version__,
-        "polars": polars.__version__,
-        "pyarrow": pyarrow.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def _fmt(value: float, digits: int = 0) -> str:
@@ -490,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
         "data": "SYNTHETIC pairs generated from the real sets in data/ by benchmarks/synth.py",
         "seed": args.seed,
         "repeat": args.repeat,
-        "machine": machine(),
+        "machine": machine("pandas", "polars", "pyarrow"),
         "rss_method": (
             "each measurement runs in its own subprocess; the parent sums RSS over that "
             f"process and all its descendants (psutil) every {RSS_INTERVAL_S} s and keeps the "
@@ -505,8 +468,7 @@ def main(argv: list[str] | None = None) -> None:
         "sizes": sizes,
         "checks": checks(sizes),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.json, results)
     print(report(results))
     print(f"\nresults: {args.json}", file=sys.stderr)
 

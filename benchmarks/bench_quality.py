@@ -34,8 +34,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from benchmarks.common import RESULTS, machine, write_results
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 DATA = REPO / "data"
 HH = DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 SCORED = ["pair_id", "conversation", "chosen", "rejected", "source_subset", "group_id", "meta"]
@@ -164,7 +165,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--work", type=Path, default=REPO / ".synpref" / "bench-quality")
     args = parser.parse_args()
-    from benchmarks.bench_scoring import machine
     from synpref_core.config import ExecutorConfig
     from synpref_core.executors import ensure_ray
     from synpref_core.rm.model import DEFAULT_BACKBONE
@@ -180,17 +180,16 @@ def main() -> None:
         trained["evals"] = evaluate_model(trained["model_dir"], stages, trained["max_length"])
         rows[f"MiniLM `{profile}` profile, {args.epochs} epoch"] = trained
     report = {
-        "machine": machine(),
+        "machine": machine("torch", "transformers"),
         "train_pairs": len(read_stage(stages["train"])),
         "models": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "quality.json"
     if path.exists():  # keep the other profiles' rows from earlier runs on the same split
         earlier = json.loads(path.read_text())
         if earlier.get("train_pairs") == report["train_pairs"]:
             rows = report["models"] = {**earlier["models"], **rows}
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    write_results(path, report)
     print(f"\ntrained on {report['train_pairs']} pairs; accuracy % [95% CI]\n")
     print("| model | eval set | pairs | accuracy | length baseline |")
     print("|---|---|---:|---:|---:|")

@@ -10,7 +10,11 @@ fresh draws of the same mixture (as gold pairs are new points near the pool). Pe
 
 - **numpy exact**: ``queries @ pool.T`` 256 queries at a time + ``argpartition`` top 8: the
   ground truth and the brute-force baseline (pool in RAM, float32 BLAS).
-- **store flat**: ``VectorStore.search(exact=True)`` (LanceDB scan, one scan per 256 queries).
+- **store flat**: ``VectorStore.search(exact=True)`` on a table above ``ann.min_rows`` (LanceDB
+  scan, one scan per 256 queries).
+- **store in memory** (N ≤ the default ``ann.min_rows``): the same call on a table below
+  ``ann.min_rows``, answered from an in-memory copy (``retrieval/flat.py``); the first call reads
+  the table (timed apart), the best of two warm calls is reported.
 - **store IVF_PQ** (and IVF_HNSW_SQ up to ``--hnsw-max`` rows): index build time, then recall@8
   against the exact top 8 and batched query throughput over a sweep of ``nprobes`` /
   ``refine_factor`` / ``ef``; the cheapest setting with recall ≥ 0.95 is the one reported.
@@ -30,7 +34,6 @@ Results: a Markdown table on stdout and ``benchmarks/results/retrieval.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -42,7 +45,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.bench_scoring import machine, prepare_pairs, read_pairs, timed
+from benchmarks.bench_scoring import prepare_pairs, read_pairs
+from benchmarks.common import RESULTS, machine, timed, write_results
 from synpref_core.executors import run
 from synpref_core.retrieval.embed import EmbedConfig, EmbedStage
 from synpref_core.retrieval.encoder import load_encoder, render_text, token_lengths
@@ -50,9 +54,9 @@ from synpref_core.retrieval.store import AnnConfig, StoreConfig, VectorStore
 from synpref_core.retrieval.tables import table_schema
 from synpref_core.rm.scoring import plan_batches
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DIM, CLUSTERS, RANK, SPREAD, NOISE = 384, 2000, 16, 0.15, 0.02
 K, QUERY_CHUNK, TARGET_RECALL, ENCODE_BATCH = 8, 256, 0.95, 32
+MEMORY_MAX = AnnConfig().min_rows  # the in-memory path serves tables below the ANN threshold
 SWEEP = {
     "IVF_PQ": [
         {"nprobes": 10, "refine_factor": 10},
@@ -137,12 +141,16 @@ def search_size(n: int, n_queries: int, hnsw_max: int, root: Path) -> dict[str, 
         res["nn_distance_median"] = float(np.median(nearest))
         res["random_distance_median"] = float(np.median(1.0 - queries[:100] @ pool[:1000].T))
         flat_q = min(n_queries, QUERY_CHUNK)
+        flat = AnnConfig(min_rows=256)  # the table is above it: LanceDB's own flat scan
+        store.config = store.config.model_copy(update={"ann": flat})
         hits, t = timed(store.search, "pool", queries[:flat_q], K, None, ("pair_id",), True)
         res["store_flat"] = {
             **t,
             "qps": flat_q / t["wall_s"],
             "recall": recall(hits, truth[:flat_q]),
         }
+        if n <= MEMORY_MAX:
+            res["store_memory"] = in_memory(store, n, queries, truth, hits)
         del pool  # the store reads from disk from here on
         res["ann"] = {}
         for kind in SWEEP if n <= hnsw_max else ["IVF_PQ"]:
@@ -151,6 +159,31 @@ def search_size(n: int, n_queries: int, hnsw_max: int, root: Path) -> dict[str, 
         store.close()
         shutil.rmtree(root / f"db-{n}", ignore_errors=True)
     return res
+
+
+def in_memory(
+    store: VectorStore, n: int, queries: np.ndarray, truth: np.ndarray, flat: pa.Table
+) -> dict[str, Any]:
+    """The store's in-memory exact path (a table below ``ann.min_rows``) on the flat scan's
+    queries: the first call (which reads the table into memory), then warm calls."""
+    store.config = store.config.model_copy(update={"ann": AnnConfig(min_rows=n + 1)})
+    flat_q = flat.num_rows // K
+    first, load = timed(store.search, "pool", queries[:flat_q], K, None, ("pair_id",), True)
+    warm = [timed(store.search, "pool", queries[:flat_q], K, None, ("pair_id",), True)[1]]
+    warm.append(timed(store.search, "pool", queries[:flat_q], K, None, ("pair_id",), True)[1])
+    hits, every = timed(store.search, "pool", queries, K, None, ("pair_id",), True)
+    best = min(warm, key=lambda t: t["wall_s"])
+    return {
+        **best,
+        "qps": flat_q / best["wall_s"],
+        "first_call_s": load["wall_s"],
+        "all_queries_qps": len(queries) / every["wall_s"],
+        "recall": recall(hits, truth),
+        "same_ids_as_flat": first["pair_id"].equals(flat["pair_id"]),
+        "max_distance_diff_vs_flat": float(
+            np.abs(first["_distance"].to_numpy() - flat["_distance"].to_numpy()).max()
+        ),
+    }
 
 
 def ann_sweep(store: VectorStore, kind: str, queries: np.ndarray, truth: np.ndarray) -> dict:
@@ -271,6 +304,10 @@ def report(res: dict[str, Any]) -> str:
         base = size["exact_numpy"]["qps"]
         rows = [("numpy exact (matmul + argpartition)", "", "", size["exact_numpy"])]
         rows.append(("store, flat (LanceDB scan)", "exact=True", "", size["store_flat"]))
+        if "store_memory" in size:
+            rows.append(
+                ("store, in memory (below min_rows)", "exact=True", "", size["store_memory"])
+            )
         for kind, ann in size["ann"].items():
             c = ann["chosen"]
             settings = ", ".join(
@@ -281,6 +318,18 @@ def report(res: dict[str, Any]) -> str:
             lines.append(
                 f"| {size['n']:,} | {name} | {settings} | {build} | {r['recall']:.3f} | "
                 f"{r['qps']:,.0f} | {r['qps'] / base:.2f}× |"
+            )
+    for size in res["search"]:
+        if "store_memory" in size:
+            mem, flat = size["store_memory"], size["store_flat"]
+            lines.append(
+                f"- {size['n']:,}: in memory {mem['qps'] / flat['qps']:.1f}× LanceDB's flat scan "
+                f"(warm, {mem['wall_s']:.2f} s vs {flat['wall_s']:.2f} s for the same "
+                f"queries); the first call, which reads the "
+                f"table, {mem['first_call_s']:.2f} s; {mem['all_queries_qps']:,.0f} queries/s "
+                f"over all {size['queries']:,}; same ids as the flat scan: "
+                f"{mem['same_ids_as_flat']}, distances within "
+                f"{mem['max_distance_diff_vs_flat']:.1e}"
             )
     lines += ["", "ANN sweeps (recall@8 / queries/s):"]
     for size in res["search"]:
@@ -340,19 +389,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as tmp:
         search = [search_size(n, args.queries, args.hnsw_max, Path(tmp)) for n in args.sizes]
         embed = embed_benchmark(args.records, args.repeat, Path(tmp))
-    import lancedb
-
     result = {
         "search": search,
         "embed": embed,
         "wall_s": time.perf_counter() - start,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "machine": {**machine(), "lancedb": lancedb.__version__},
+        "machine": machine("torch", "transformers", "lancedb"),
     }
     print(report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    print(f"\nwrote {write_results(args.json, result)}")
 
 
 if __name__ == "__main__":

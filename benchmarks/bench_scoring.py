@@ -26,10 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
-import json
 import os
-import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -37,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from benchmarks.common import RESULTS, machine, timed, write_results
 from synpref_core.config import IngestConfig, SourceSpec
 from synpref_core.executors import run
 from synpref_core.ingest.pipeline import run_ingest
@@ -55,7 +52,6 @@ from synpref_core.rm.scoring import (
 )
 from synpref_core.stages import load_manifest
 
-RESULTS = Path(__file__).resolve().parent / "results"
 HH = Path(__file__).resolve().parents[1] / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 MAX_LENGTH = 256
 NAIVE_BATCH = 32
@@ -160,27 +156,6 @@ def run_bound(model: Any, batches: list[dict]) -> dict[str, Any]:
 # -- measuring ---------------------------------------------------------------------------------
 
 
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy (all cores) since boot."""
-    t = psutil.cpu_times()
-    return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-
-
-def _own_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed(fn, *args) -> tuple[dict[str, Any], dict[str, float]]:
-    """Run ``fn``; its result plus wall seconds, cores it used, and other processes' load."""
-    busy, own, start = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
-    result = fn(*args)
-    wall = time.perf_counter() - start
-    own = _own_cpu_s() - own
-    other = max(0.0, _busy_cpu_s() - busy - own)
-    return result, {"wall_s": wall, "cores_used": own / wall, "other_load_cores": other / wall}
-
-
 def benchmark(n: int, token_budget: int, repeat: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as tmp:
         pairs_dir = prepare_pairs(n, Path(tmp))
@@ -262,24 +237,7 @@ def summarize(runs: dict[str, list[dict]], outputs: dict[str, dict]) -> dict[str
         # The fastest run of each: the least disturbed by other work on a shared machine.
         "synpref_vs_naive_best": best["naive"] / best["synpref"],
         "synpref_vs_bound_best": best["bound"] / best["synpref"],
-        "machine": machine(),
-    }
-
-
-def machine() -> dict[str, Any]:
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        "machine": machine("torch", "transformers"),
     }
 
 
@@ -349,9 +307,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     result = benchmark(args.pairs, args.token_budget, args.repeat)
     print(report(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
+    print(f"\nwrote {write_results(args.json, result)}")
 
 
 if __name__ == "__main__":

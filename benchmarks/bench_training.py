@@ -25,17 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import RESULTS, OtherLoad, machine, write_results
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 HH = REPO / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
 TARGET_RATIO = 0.9
 TARGET_E2E_S = 120.0
@@ -187,46 +186,6 @@ def measure(kind: str, args: argparse.Namespace, profile: str, train: str) -> di
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-class OtherLoad:
-    """Cores used by processes outside this one's tree while it runs (sampled every second):
-    this box is shared, and other work there slows the measured run."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _others(self) -> dict[int, float]:
-        import psutil
-
-        mine = {os.getpid()} | {c.pid for c in psutil.Process().children(recursive=True)}
-        times = {}
-        for proc in psutil.process_iter(["pid", "cpu_times"]):
-            if proc.info["pid"] not in mine and proc.info["cpu_times"] is not None:
-                times[proc.info["pid"]] = sum(proc.info["cpu_times"][:2])
-        return times
-
-    def _run(self) -> None:
-        before, at = self._others(), time.perf_counter()
-        while not self._stop.wait(1.0):
-            now, now_at = self._others(), time.perf_counter()
-            used = sum(t - before.get(pid, t) for pid, t in now.items())
-            self.samples.append(used / (now_at - at))
-            before, at = now, now_at
-
-    def __enter__(self) -> OtherLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def mean(self) -> float:
-        return sum(self.samples) / len(self.samples) if self.samples else 0.0
-
-
 def run_e2e(train: str, gold: str, out: str) -> dict[str, Any]:
     """The cpu profile through Ray Train (2 workers), timed with and without Ray's start."""
     import ray
@@ -284,7 +243,7 @@ def main() -> None:
         child_main(args)
         return
 
-    report: dict[str, Any] = {"machine": _machine(), "args": vars(args), "ratio": {}}
+    report: dict[str, Any] = {"machine": machine("torch"), "args": vars(args), "ratio": {}}
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         train, gold = prepare_data(Path(tmp), args.pairs)
         print("| profile | torch tokens/s | DeepSpeed tokens/s | DeepSpeed / torch |")
@@ -316,23 +275,11 @@ def main() -> None:
                 f"held-out gold accuracy {e2e['gold_accuracy']:.3f}; other load on the box "
                 f"{e2e['other_load_cores']:.2f} cores (all runs, s @ other cores: {each})"
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    write_results(args.json, report)
 
 
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_avg": os.getloadavg(),
-    }
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 class BenchmarkSpec(StrictModel):
-    format: Format
-    paths: list[str] = Field(min_length=1)
+    """One benchmark: its format and its files."""
+
+    format: Format = Field(description="The benchmark's file format.")
+    paths: list[str] = Field(min_length=1, description="Files, globs or directories.")
 
 
 def bundled_benchmarks() -> list[BenchmarkSpec]:
@@ -43,17 +45,30 @@ def bundled_benchmarks() -> list[BenchmarkSpec]:
 
 
 class EvaluateFlowConfig(StrictModel):
+    """The model and the benchmarks it is scored on. Defaults are values (not factories), so the
+    Prefect form shows them."""
+
     model: str = Field(DEFAULT_BACKBONE, description="RM directory (HF format) or name.")
-    benchmarks: list[BenchmarkSpec] = Field(default_factory=bundled_benchmarks, min_length=1)
+    benchmarks: list[BenchmarkSpec] = Field(
+        bundled_benchmarks(), min_length=1, description="Default: the bundled benchmarks."
+    )
     out: str = Field(".synpref/evaluate", description="Where ingested pairs and results go.")
-    max_length: int = Field(256, ge=8)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Tokens per side when scoring; None: what the model was trained with, "
+        "else 256.",
+    )
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="Executor and MLflow.")
 
 
 @flow(name="evaluate")
-def evaluate_flow(config: EvaluateFlowConfig | None = None) -> dict[str, EvalResult]:
-    """Score ``config.model`` on every benchmark; returns {format: result}."""
-    config = config or EvaluateFlowConfig()
+def evaluate_flow(config: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict[str, EvalResult]:  # noqa: B008
+    """Score ``config.model`` on every benchmark; returns {format: result}.
+
+    Args:
+        config: The model, the benchmarks, where results go and the runtime.
+    """
     tags = {
         "flow": "evaluate",
         "model": config.model,

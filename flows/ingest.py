@@ -62,14 +62,22 @@ def bundled_ingest_config() -> IngestConfig:
 
 
 class IngestFlowConfig(StrictModel):
-    ingest: IngestConfig = Field(default_factory=bundled_ingest_config)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    """What to ingest and where to run. Defaults are values (not factories), so the Prefect form
+    shows them."""
+
+    ingest: IngestConfig = Field(
+        bundled_ingest_config(), description="Sources and cleaning (default: the bundled data)."
+    )
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="Executor and MLflow.")
 
 
 @flow(name="ingest")
-def ingest_flow(config: IngestFlowConfig | None = None) -> str:
-    """Ingest every source of ``config.ingest``; returns the final manifest URI."""
-    config = config or IngestFlowConfig()
+def ingest_flow(config: IngestFlowConfig = IngestFlowConfig()) -> str:  # noqa: B008
+    """Ingest every source of ``config.ingest``; returns the final manifest URI.
+
+    Args:
+        config: The sources, their cleaning, and the runtime (executor, MLflow).
+    """
     tags = {"flow": "ingest", "prefect_flow_run_id": str(flow_run.id or "")}
     with tracking.start_run(config.runtime.tracking, "ingest", tags):
         tracking.log_config(config)

@@ -37,7 +37,7 @@ from synpref_core.config import IngestConfig, RuntimeConfig, StrictModel, load_c
 from synpref_core.curation.select import PairFilter, SelectConfig
 from synpref_core.retrieval.embed import EmbedConfig
 from synpref_core.retrieval.retrieve import RetrievalConfig
-from synpref_core.retrieval.round import RetrieveConfig
+from synpref_core.retrieval.round import RoundConfig
 from synpref_core.retrieval.store import StoreConfig
 from synpref_core.rm.registry import resolve_model
 from synpref_core.rm.scoring import ScoreConfig
@@ -49,39 +49,45 @@ from tasks.tracking import record_manifest
 
 
 class RetrieveFlowConfig(StrictModel):
+    """One retrieval round. Every default is a value (not a factory), so the Prefect form shows
+    it; change one field and keep the rest."""
+
     pairs: str | None = Field(
         None, description="Ingested pair stage; None: ingest `ingest` first (skipped when done)."
     )
     ingest: IngestConfig = Field(
-        default_factory=bundled_ingest_config, description="Used only when `pairs` is None."
+        bundled_ingest_config(), description="Used only when `pairs` is None (default: bundled)."
     )
     pool_on: PairFilter = Field(
-        default_factory=lambda: PairFilter(statuses=["unverified"]), description="D_un."
+        PairFilter(statuses=["unverified"]), description="D_un: the pool searched."
     )
-    gold_on: PairFilter = Field(
-        default_factory=lambda: PairFilter(statuses=["gold"]), description="D_gold: the queries."
-    )
+    gold_on: PairFilter = Field(PairFilter(statuses=["gold"]), description="D_gold: the queries.")
     rm: str | None = Field(
         None,
         description="Best RM: a directory, or models:/NAME/VERSION; None: the latest version "
         "of `model_name` in MLflow.",
     )
     model_name: str = Field(MODEL_NAME, description="Registered RM used when `rm` is None.")
-    rm_max_length: int = Field(
-        96, ge=8, description="Tokens per side when scoring gold; match the RM's training."
+    rm_max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Tokens per side when scoring gold; None: what the RM was trained with.",
     )
     embed_model: str = Field("minilm", description="sentence-transformers model: name or path.")
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    store: StoreConfig = Field(StoreConfig(), description="The LanceDB vector store.")
+    retrieval: RetrievalConfig = Field(RetrievalConfig(), description="Adaptive k and filters.")
     round: int = Field(1, ge=1, description="The curation round.")
     out: str = Field(".synpref/retrieve", description="Selections, embeddings, scores, rounds.")
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="Executor and MLflow.")
 
 
 @flow(name="retrieve")
-def retrieve_flow(config: RetrieveFlowConfig | None = None) -> dict[str, Any]:
-    """Embed, index, score gold, retrieve; returns the candidates manifest and the stats."""
-    config = config or RetrieveFlowConfig()
+def retrieve_flow(config: RetrieveFlowConfig = RetrieveFlowConfig()) -> dict[str, Any]:  # noqa: B008
+    """Embed, index, score gold, retrieve; returns the candidates manifest and the stats.
+
+    Args:
+        config: The round: pairs (or what to ingest), the RM, the store and the round number.
+    """
     executor, out = config.runtime.executor, Path(config.out)
     tags = {
         "flow": "retrieve",
@@ -113,7 +119,7 @@ def retrieve_flow(config: RetrieveFlowConfig | None = None) -> dict[str, Any]:
         )
         scores = score_gold(scoring, executor)
         candidates = retrieve(
-            RetrieveConfig(
+            RoundConfig(
                 scores=scores,
                 store=config.store,
                 retrieval=config.retrieval,

@@ -43,36 +43,43 @@ BUNDLED_POOL = "hh-rlhf-harmless"
 
 
 class TrainRMFlowConfig(StrictModel):
+    """Select, train, register, evaluate. Defaults are values (not factories), so the Prefect
+    form shows them."""
+
     pairs: str | None = Field(
         None, description="Ingested pair stage to select from; None: ingest `ingest` first."
     )
     ingest: IngestConfig = Field(
-        default_factory=bundled_ingest_config, description="Used only when `pairs` is None."
+        bundled_ingest_config(), description="Used only when `pairs` is None (default: bundled)."
     )
     train_on: PairFilter = Field(
-        default_factory=lambda: PairFilter(sources=[BUNDLED_POOL], split=(0.0, 0.8)),
+        PairFilter(sources=[BUNDLED_POOL], split=(0.0, 0.8)),
         description="The training pairs (D_silver in Stage 1).",
     )
     gold_on: PairFilter | None = Field(
-        default_factory=lambda: PairFilter(sources=[BUNDLED_POOL], split=(0.8, 1.0)),
+        PairFilter(sources=[BUNDLED_POOL], split=(0.8, 1.0)),
         description="Pairs that pick the best checkpoint (D_gold); None: keep the last one.",
     )
     training: TrainConfig = Field(
-        default_factory=TrainConfig,
+        TrainConfig(),
         description="Model and optimisation; its manifests and `out` are set by the flow.",
     )
     out: str = Field(".synpref/train_rm", description="Selections, checkpoints and results.")
     model_name: str = Field(MODEL_NAME, description="MLflow registered-model name.")
     benchmarks: list[BenchmarkSpec] = Field(
-        default_factory=bundled_benchmarks, description="Scored after training; [] for none."
+        bundled_benchmarks(), description="Scored after training; [] for none."
     )
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    runtime: RuntimeConfig = Field(RuntimeConfig(), description="Executor and MLflow.")
 
 
 @flow(name="train_rm")
-def train_rm_flow(config: TrainRMFlowConfig | None = None) -> dict[str, Any]:
-    """Select, train, register, evaluate; returns the model dir, its version and the scores."""
-    config = config or TrainRMFlowConfig()
+def train_rm_flow(config: TrainRMFlowConfig = TrainRMFlowConfig()) -> dict[str, Any]:  # noqa: B008
+    """Select, train, register, evaluate; returns the model dir, its version and the scores.
+
+    Args:
+        config: The pairs (or what to ingest), the train and gold selections, the training run,
+            the benchmarks scored afterwards and the runtime.
+    """
     executor, out = config.runtime.executor, Path(config.out)
     tags = {"flow": "train_rm", "prefect_flow_run_id": str(flow_run.id or "")}
     with tracking.start_run(config.runtime.tracking, "train_rm", tags):

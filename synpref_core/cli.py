@@ -167,7 +167,10 @@ def eval_(
     out: Annotated[
         str | None, typer.Option(help="Keep pairs, scores and eval.json here (default: temp).")
     ] = None,
-    max_length: Annotated[int, typer.Option(help="Tokens per (prompt, response).")] = 256,
+    max_length: Annotated[
+        int | None,
+        typer.Option(help="Tokens per (prompt, response); default: the model's training length."),
+    ] = None,
     progress: Annotated[
         bool | None,
         typer.Option(

@@ -33,8 +33,14 @@ FORMATS: tuple[str, ...] = get_args(Format)
 DEFAULT_HOME = Path(".synpref")
 
 
+def _field_title(name: str, _info: object) -> str:
+    return name.replace("_", " ").title()
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # field_title_generator: pydantic's own field titles, also on fields typed as a model (which
+    # it leaves untitled), so forms label them by the field's name rather than the model's.
+    model_config = ConfigDict(extra="forbid", frozen=True, field_title_generator=_field_title)
 
 
 class FieldMap(StrictModel):
@@ -57,7 +63,7 @@ class SourceSpec(StrictModel):
     status: Literal["unverified", "gold"] = Field(
         "unverified", description="'gold' only for human-verified data."
     )
-    fields: FieldMap = Field(default_factory=FieldMap, description="For format 'pairs' only.")
+    fields: FieldMap = Field(FieldMap(), description="For format 'pairs' only.")
     decontaminate: bool = Field(True, description="Drop pairs overlapping benchmark prompts.")
 
     @property
@@ -69,12 +75,14 @@ class DecontamConfig(StrictModel):
     """n-gram decontamination (DESIGN §1: drop a pair sharing any 13-gram with a benchmark)."""
 
     benchmarks: list[SourceSpec] = Field(
-        default_factory=list, description="Datasets whose prompts must not leak into training."
+        [], description="Datasets whose prompts must not leak into training."
     )
     ngram: int = Field(13, ge=3, le=64, description="n of the shared word n-gram.")
 
 
 class ValidationConfig(StrictModel):
+    """Row validation: what is quarantined instead of ingested."""
+
     max_field_chars: int = Field(
         200_000, ge=1, description="A message or side longer than this is quarantined."
     )
@@ -83,10 +91,10 @@ class ValidationConfig(StrictModel):
 class IngestConfig(StrictModel):
     """What the ingest stages read and how they clean it. Its hash names the output."""
 
-    sources: list[SourceSpec] = Field(min_length=1)
+    sources: list[SourceSpec] = Field(min_length=1, description="The datasets to ingest.")
     out: str = Field(str(DEFAULT_HOME / "ingest"), description="Output directory or URI.")
-    decontamination: DecontamConfig = Field(default_factory=DecontamConfig)
-    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    decontamination: DecontamConfig = Field(DecontamConfig())
+    validation: ValidationConfig = Field(ValidationConfig())
     shard_bytes: int = Field(
         32 * 2**20, ge=2**16, description="Uncompressed JSONL files split into ranges this big."
     )
@@ -96,7 +104,9 @@ class IngestConfig(StrictModel):
 class ExecutorConfig(StrictModel):
     """Where shards run. Never part of a stage's identity: outputs are the same everywhere."""
 
-    kind: Literal["local", "ray"] = "local"
+    kind: Literal["local", "ray"] = Field(
+        "local", description="'ray': Ray tasks and actors; 'local': processes on this machine."
+    )
     workers: int = Field(1, ge=1, description="Local executor: processes in parallel.")
     ray_address: str | None = Field(
         None, description="Ray cluster address (e.g. 'ray://head:10001'); None starts local Ray."
@@ -118,15 +128,20 @@ class ActorConfig(StrictModel):
 
 
 class TrackingConfig(StrictModel):
+    """Where MLflow records runs, metrics and models."""
+
     tracking_uri: str | None = Field(
         None, description="MLflow URI; None: SQLite at .synpref/mlflow.db with local artifacts."
     )
-    experiment: str = "synpref"
+    experiment: str = Field("synpref", description="MLflow experiment name.")
 
 
 class RuntimeConfig(StrictModel):
-    executor: ExecutorConfig = Field(default_factory=lambda: ExecutorConfig(kind="ray"))
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Where a flow runs and records; never part of a stage's identity."""
+
+    # Defaults are instances, not factories, so that JSON schemas (the Prefect form) carry them.
+    executor: ExecutorConfig = Field(ExecutorConfig(kind="ray"), description="Where shards run.")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow.")
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

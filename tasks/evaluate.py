@@ -11,7 +11,7 @@ from synpref_core.rm.report import log_evaluation
 
 @task(name="evaluate-benchmark")
 def evaluate_benchmark(
-    model: str, fmt: str, paths: list[str], out: str, max_length: int
+    model: str, fmt: str, paths: list[str], out: str, max_length: int | None
 ) -> EvalResult:
     """Ingest and score one benchmark; log metrics and artifacts to the active MLflow run."""
     result = evaluate(model, fmt, paths, out, max_length=max_length)

@@ -8,9 +8,8 @@ from prefect import task
 from synpref_core.config import ExecutorConfig
 from synpref_core.executors import run
 from synpref_core.retrieval.embed import EmbedConfig, EmbedStage
-from synpref_core.retrieval.round import RetrieveConfig, RetrieveStage
+from synpref_core.retrieval.round import RetrieveStage, RoundConfig
 from synpref_core.retrieval.store import StoreConfig, VectorStore
-from synpref_core.retrieval.tables import add_embeddings
 from synpref_core.rm.scoring import ScoreConfig, ScoreStage
 
 
@@ -27,7 +26,7 @@ def index_embeddings(store: StoreConfig, embeddings: list[str]) -> dict[str, int
     counts = {"pool": 0, "gold": 0}
     with VectorStore(store) as vectors:
         for manifest in embeddings:
-            for table, rows in add_embeddings(vectors, manifest).items():
+            for table, rows in vectors.add_embeddings(manifest).items():
                 counts[table] += rows
         for table in ("pool", "gold"):
             if vectors.exists(table):
@@ -43,7 +42,7 @@ def score_gold(config: ScoreConfig, executor: ExecutorConfig) -> str:
 
 
 @task(name="retrieve-candidates")
-def retrieve(config: RetrieveConfig) -> str:
+def retrieve(config: RoundConfig) -> str:
     """Adaptive-k retrieval of pool candidates for one round; returns the manifest URI."""
     # One shard that reads the store: in this process, whatever the executor.
     return run(RetrieveStage(config), ExecutorConfig(kind="local"))

@@ -10,6 +10,9 @@ import torch
 
 from synpref_core.rm.model import load_tokenizer
 
+# Scoring tests' max length: short, so many sequences are truncated and batches get several widths.
+MAX_LENGTH = 64
+
 
 def tiny_bert_config(tokenizer: Any, **extra: Any) -> Any:
     """A 2-layer, 32-wide BERT config over the bundled MiniLM tokenizer's vocabulary."""

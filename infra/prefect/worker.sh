@@ -3,7 +3,9 @@
 #
 # Needs a Prefect server: infra/prefect/server.sh on this machine (the default API URL below),
 # or PREFECT_API_URL set (environment or Prefect profile) to a shared one. Register the
-# deployments once, from the repository root:
+# deployments once, from the repository root, with PREFECT_API_URL set there too (else the CLI
+# talks to a temporary API of its own):
+#   export PREFECT_API_URL=http://127.0.0.1:4200/api
 #   prefect deploy --prefect-file infra/prefect/prefect.yaml --all
 # Flow runs are subprocesses of this worker: they run in this checkout (SYNPREF_REPO, read by the
 # pull step of prefect.yaml) with this worker's environment, so export what the flows need

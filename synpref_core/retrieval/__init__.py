@@ -4,7 +4,8 @@ few-shot examples of the annotation prompt.
 
 - ``encoder``: the text template, the sentence-transformers model and its fingerprint.
 - ``embed``: ``EmbedStage``, pairs → Parquet shards of L2-normalised vectors (local or Ray).
-- ``store``: ``VectorStore`` (tables ``pool`` and ``gold``; one writer thread; ANN index).
-- ``tables``: the tables' rows, and ``add_embeddings`` (an embedding stage into the store).
+- ``store``: ``VectorStore`` (tables ``pool`` and ``gold``; one writer thread; ANN index;
+  ``add_embeddings`` loads an embedding stage).
+- ``tables``: the tables' rows (schema, shaping, SQL literals); imported by the store only one way.
 - ``retrieve``: ``adaptive_k``, ``retrieve_candidates``, ``few_shot_examples``.
 """

@@ -1,7 +1,7 @@
 """One round of error-driven retrieval as a stage: gold confidences in, pool candidates out.
 
-    RetrieveStage(RetrieveConfig(scores=".../gold-scores", store=StoreConfig(...), round=3,
-                                 out=".../round-3/candidates"))
+    RetrieveStage(RoundConfig(scores=".../gold-scores", store=StoreConfig(...), round=3,
+                              out=".../round-3/candidates"))
 
 Input: a finished scoring stage of the gold pairs (``pair_id``, ``p`` from the current best RM,
 :mod:`synpref_core.rm.scoring`) and a vector store whose ``pool`` and ``gold`` tables hold the
@@ -39,7 +39,7 @@ from synpref_core.stages import (
 ROUND_CANDIDATE_SCHEMA = CANDIDATE_SCHEMA.append(pa.field("round", pa.int32(), nullable=False))
 
 
-class RetrieveConfig(StrictModel):
+class RoundConfig(StrictModel):
     scores: str = Field(description="Scoring stage of the gold pairs (pair_id, p).")
     store: StoreConfig = Field(default_factory=StoreConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
@@ -52,7 +52,7 @@ class RetrieveStage(Stage):
 
     name = "retrieve"
 
-    def __init__(self, config: RetrieveConfig):
+    def __init__(self, config: RoundConfig):
         scores = load_manifest(config.scores)
         super().__init__(
             out=config.out,

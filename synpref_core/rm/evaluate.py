@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from synpref_core.rm.benchmarks import EvaluationError, check_format, score_results
 from synpref_core.rm.eval_results import EvalResult
+from synpref_core.rm.model import trained_max_length
 from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET  # padded tokens per forward pass
 
 PAIR_COLUMNS = [
@@ -119,13 +120,14 @@ def evaluate(
     fmt: str,
     paths: Sequence[str],
     out_dir: str | Path,
-    max_length: int = 256,
+    max_length: int | None = None,
     token_budget: int = DEFAULT_TOKEN_BUDGET,
     progress: bool = False,
 ) -> EvalResult:
     """Ingest ``paths`` as ``fmt``, score every pair with the RM in ``model_dir`` (a progress
     bar on stderr with ``progress``), and write ``out_dir/eval.json`` (the result) and
-    ``out_dir/scores.parquet`` (per-pair rewards).
+    ``out_dir/scores.parquet`` (per-pair rewards). ``max_length``: tokens per side; None:
+    what the model was trained with (its ``synpref_training.json``), else 256.
 
     Raises EvaluationError for an unknown format, and the ingest errors
     (``MalformedInputError``, ``StageError``) for missing or malformed files.
@@ -135,6 +137,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     counts = ingest_benchmark(fmt, paths, str(out / "pairs"))
     pairs = read_pairs(str(out / "pairs"))
+    max_length = max_length or trained_max_length(str(model_dir))
     scored = score_with_model(str(model_dir), pairs, max_length, token_budget, progress)
     result = score_results(scored, fmt).model_copy(
         update={"model": str(model_dir), "inputs": [str(p) for p in paths], "ingest": counts}

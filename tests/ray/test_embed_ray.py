@@ -11,7 +11,7 @@ from synpref_core.executors import StageActor, run
 from synpref_core.models import THREADS_ENV
 from synpref_core.retrieval.embed import EmbedStage
 from synpref_core.stages import Manifest, load_manifest
-from tests.unit.test_embed import embed_config, hh_embedded, read_vectors  # noqa: F401 (fixture)
+from tests.embed_helpers import embed_config, read_vectors
 
 
 def _portable(manifest: Manifest) -> dict:
@@ -19,7 +19,7 @@ def _portable(manifest: Manifest) -> dict:
 
 
 @pytest.mark.slow
-def test_local_and_ray_embeddings_are_identical(hh_embedded, tmp_path, ray_local, monkeypatch):  # noqa: F811
+def test_local_and_ray_embeddings_are_identical(hh_embedded, tmp_path, ray_local, monkeypatch):
     pairs_dir, _ = hh_embedded
     # Float sums split across threads round differently: compare at one torch thread each (a
     # Ray actor or task with cpus_per_shard = 1 runs one thread).
@@ -42,7 +42,7 @@ def test_local_and_ray_embeddings_are_identical(hh_embedded, tmp_path, ray_local
 
 
 @pytest.mark.slow
-def test_an_actor_loads_the_model_once(hh_embedded, tmp_path, ray_local):  # noqa: F811
+def test_an_actor_loads_the_model_once(hh_embedded, tmp_path, ray_local):
     def loaded(worker: StageActor) -> list[int]:  # runs in the actor
         return [id(e.model) for e in models._MODELS.values()]
 
@@ -60,7 +60,7 @@ def test_an_actor_loads_the_model_once(hh_embedded, tmp_path, ray_local):  # noq
 
 
 @pytest.mark.slow
-def test_actors_that_fit_nowhere_on_a_local_ray_fail_at_once(hh_embedded, tmp_path, ray_local):  # noqa: F811
+def test_actors_that_fit_nowhere_on_a_local_ray_fail_at_once(hh_embedded, tmp_path, ray_local):
     # 64 CPUs per actor fit on no local Ray: an error naming the stage, not a shard held forever.
     pairs_dir, _ = hh_embedded
     config = embed_config(pairs_dir, str(tmp_path / "big"))

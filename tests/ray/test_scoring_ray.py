@@ -13,7 +13,7 @@ from synpref_core.executors import StageActor, run
 from synpref_core.models import THREADS_ENV
 from synpref_core.rm.scoring import ScoreConfig, ScoreStage
 from synpref_core.stages import Manifest, load_manifest
-from tests.unit.test_scoring import MAX_LENGTH, pairs_dir, tiny  # noqa: F401 (fixtures)
+from tests.rm_helpers import MAX_LENGTH
 
 
 def _config(pairs: str, model: str, out: str) -> ScoreConfig:
@@ -38,8 +38,8 @@ def _portable(manifest: Manifest) -> dict:
 
 @pytest.mark.slow
 def test_local_and_ray_scores_are_identical(
-    pairs_dir,  # noqa: F811
-    tiny,  # noqa: F811
+    pairs_dir,
+    tiny,
     tmp_path,
     ray_local,
     monkeypatch,
@@ -71,7 +71,7 @@ def test_local_and_ray_scores_are_identical(
 
 
 @pytest.mark.slow
-def test_an_actor_loads_the_model_once(pairs_dir, tiny, tmp_path, ray_local):  # noqa: F811
+def test_an_actor_loads_the_model_once(pairs_dir, tiny, tmp_path, ray_local):
     def models_and_threads(worker: StageActor) -> tuple[list[int], int]:  # runs in the actor
         return [id(model) for model, _ in models._MODELS.values()], torch.get_num_threads()
 
@@ -91,8 +91,8 @@ def test_an_actor_loads_the_model_once(pairs_dir, tiny, tmp_path, ray_local):  #
 
 @pytest.mark.slow
 def test_actors_that_reserve_more_gpus_than_there_are_fail_at_once(
-    pairs_dir,  # noqa: F811
-    tiny,  # noqa: F811
+    pairs_dir,
+    tiny,
     tmp_path,
     ray_local,
 ):

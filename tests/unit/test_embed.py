@@ -3,60 +3,22 @@ sentence-transformers model for the model-change path."""
 
 from __future__ import annotations
 
-import gzip
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from synpref_core.config import IngestConfig, SourceSpec
 from synpref_core.executors import run
-from synpref_core.ingest.pipeline import run_ingest
-from synpref_core.retrieval.embed import EmbedConfig, EmbedStage
+from synpref_core.retrieval.embed import EmbedStage
 from synpref_core.retrieval.encoder import load_encoder, model_version, render_text, token_lengths
-from synpref_core.retrieval.store import StoreConfig, VectorStore
-from synpref_core.retrieval.tables import StoreError, add_embeddings
+from synpref_core.retrieval.store import StoreConfig, StoreError, VectorStore
 from synpref_core.rm.model import load_tokenizer
 from synpref_core.stages import load_manifest
-from tests.ingest_helpers import HH
+from tests.embed_helpers import MAX_CHARS, embed_config, read_pairs, read_vectors
 from tests.rm_helpers import tiny_bert_config
-
-RECORDS = 200  # hh-rlhf harmless test records: ~260 KB, 4 ingest shards
-MAX_CHARS = 600  # short texts keep the real model's forward passes to seconds
-
-
-def read_vectors(directory: str | Path) -> pa.Table:
-    return pq.read_table(sorted(Path(directory, "data").glob("*.parquet")))
-
-
-def read_pairs(pairs_dir: str | Path) -> pa.Table:
-    return pq.read_table(sorted(Path(pairs_dir, "data").glob("*.parquet")))
-
-
-def embed_config(pairs: str, out: str, **update) -> EmbedConfig:
-    return EmbedConfig(pairs=pairs, out=out, max_chars=MAX_CHARS, batch_rows=32, **update)
-
-
-@pytest.fixture(scope="session")
-def hh_embedded(tmp_path_factory) -> tuple[str, str]:
-    """(pairs dir, embeddings dir) of the first RECORDS hh-rlhf records. In a fixed directory of
-    the session: a module importing this fixture re-runs the stages, which skip finished shards."""
-    root = tmp_path_factory.getbasetemp() / "hh-embedded"
-    root.mkdir(exist_ok=True)
-    source = root / "hh.jsonl"
-    source.write_bytes(b"".join(gzip.decompress(HH.read_bytes()).splitlines(True)[:RECORDS]))
-    ingest = IngestConfig(
-        sources=[SourceSpec(format="hh-rlhf", paths=[str(source)])],
-        out=str(root / "pairs"),
-        shard_bytes=2**16,
-    )
-    pairs = run_ingest(ingest, progress=False).rsplit("/", 1)[0]
-    run(EmbedStage(embed_config(pairs, str(root / "embeddings"))), progress=False)
-    return pairs, str(root / "embeddings")
 
 
 def tiny_sentence_model(directory: Path) -> Path:
@@ -166,12 +128,12 @@ def test_a_changed_model_reembeds_and_the_store_never_mixes(hh_embedded, tmp_pat
     assert vectors.schema.field("vector").type.list_size == 32
 
     with VectorStore(StoreConfig(uri=str(tmp_path / "db"))) as store:
-        add_embeddings(store, embeddings)
+        store.add_embeddings(embeddings)
         with pytest.raises(StoreError, match="re-embed"):
-            add_embeddings(store, str(out))
+            store.add_embeddings(str(out))
         assert store.model_of("pool") == ("minilm", minilm.model_version)
     recreate = StoreConfig(uri=str(tmp_path / "db"), on_model_change="recreate")
     with VectorStore(recreate) as store:
-        counts = add_embeddings(store, str(out))
+        counts = store.add_embeddings(str(out))
         assert store.model_of("pool") == (tiny, other.model_version)
         assert store.count("pool") == counts["pool"] == vectors.num_rows

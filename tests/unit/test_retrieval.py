@@ -14,12 +14,13 @@ from synpref_core.retrieval.retrieve import (
     RetrievalConfig,
     RetrievalError,
     adaptive_k,
+    eligibility_filter,
     few_shot_examples,
     retrieve_candidates,
 )
 from synpref_core.retrieval.store import StoreConfig, VectorStore
 from synpref_core.retrieval.tables import store_rows
-from tests.unit.test_embed import hh_embedded, read_pairs, read_vectors  # noqa: F401 (fixture)
+from tests.embed_helpers import read_pairs, read_vectors
 
 GOLD = 30  # the first pairs become gold; the rest is the pool
 
@@ -29,7 +30,7 @@ def matrix(table: pa.Table) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def data(hh_embedded) -> dict:  # noqa: F811
+def data(hh_embedded) -> dict:
     pairs_dir, embeddings = hh_embedded
     pairs, vectors = read_pairs(pairs_dir), read_vectors(embeddings)
     status = ["gold"] * GOLD + ["unverified"] * (pairs.num_rows - GOLD)
@@ -244,3 +245,65 @@ def test_few_shot_are_the_nearest_gold_pairs_but_never_the_candidate(store, data
         assert column in examples.column_names
     assert set(mine["status"].to_pylist()) == {"gold"}
     assert examples.num_rows == 16
+
+
+# -- the in-memory exact path -----------------------------------------------------------------
+
+
+def lancedb_flat(uri: str, table: str, vectors: np.ndarray, k: int, where: str | None) -> list:
+    """LanceDB's own exact scan, one query at a time: [(pair_id, distance), ...] per query."""
+    import lancedb
+
+    handle = lancedb.connect(uri).open_table(table)
+    found = []
+    for vector in vectors:
+        query = handle.search(vector, vector_column_name="vector").distance_type("cosine")
+        query = query.bypass_vector_index().limit(k).select(["pair_id", "_distance"])
+        rows = (query.where(where, prefilter=True) if where else query).to_arrow()
+        ids, distances = rows["pair_id"].to_pylist(), rows["_distance"].to_pylist()
+        found.append(list(zip(ids, distances, strict=True)))
+    return found
+
+
+def test_in_memory_search_equals_lancedb_flat_search(store, data):
+    """Below ann.min_rows the store searches a copy in memory: the same rows as LanceDB's flat
+    scan under the retrieval's filters, ties included, and a write is seen at once."""
+    pool_ids = data["pairs"]["pair_id"].to_pylist()[GOLD:]
+    rows = store.fetch("pool", pool_ids)
+    values = ["objective" if i % 3 == 0 else "subjective" for i in range(rows.num_rows)]
+    index = rows.schema.get_field_index("objectivity")
+    store.upsert("pool", rows.set_column(index, "objectivity", pa.array(values))).result()
+    copies = rows.take([25, 25, 26]).set_column(0, "pair_id", pa.array(["c1", "c2", "c3"]))
+    store.upsert("pool", copies).result()  # equal vectors: ties at every distance
+    store.update_status("pool", pool_ids[:10], "silver", 1)
+    store.update_status("pool", pool_ids[10:20], "unverified", 2).result()
+    vectors = matrix(data["vectors"])  # gold queries, and pool rows that find themselves at 0
+    queries = np.concatenate([vectors[:GOLD], vectors[GOLD : GOLD + 20]])
+    filters = [
+        None,
+        eligibility_filter(RetrievalConfig()),
+        eligibility_filter(RetrievalConfig(), current_round=2),
+        eligibility_filter(RetrievalConfig(filters={"objectivity": "objective"})),
+        "status = 'nothing'",
+    ]
+
+    def same(table: str, k: int, where: str | None) -> int:
+        got = store.search(table, queries, k, where)
+        expected = lancedb_flat(store.config.uri, table, queries, k, where)
+        for i, rows in enumerate(expected):
+            mine = got.filter(pc.equal(got["query_index"], i))
+            assert mine["pair_id"].to_pylist() == [pid for pid, _ in rows], (where, i)
+            distances = [d for _, d in rows]
+            np.testing.assert_allclose(mine["_distance"].to_numpy(), distances, atol=1e-5)
+        assert got["query_index"].to_pylist() == sorted(got["query_index"].to_pylist())
+        return got.num_rows
+
+    for where in filters:
+        for k in (8, 1000):  # 1000: more than pass, so every passing row in order
+            same("pool", k, where)
+    assert same("gold", 8, None) == len(queries) * 8
+    assert "pool" in store._flat  # it was the in-memory path that answered
+
+    store.update_status("pool", pool_ids[20:40], "silver", 3).result()  # a write: a new version
+    eligible = len(pool_ids) + len(copies) - 40
+    assert same("pool", 1000, eligibility_filter(RetrievalConfig())) == len(queries) * eligible

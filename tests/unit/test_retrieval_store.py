@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from synpref_core.retrieval.retrieve import RetrievalError, retrieve_candidates
-from synpref_core.retrieval.store import AnnConfig, StoreConfig, VectorStore
-from synpref_core.retrieval.tables import StoreError, table_schema
+from synpref_core.retrieval.store import AnnConfig, StoreConfig, StoreError, VectorStore
+from synpref_core.retrieval.tables import table_schema
 from synpref_core.schema import SchemaError
 
 DIM = 64
@@ -127,9 +127,18 @@ def test_the_store_refuses_another_model_unless_told_to_recreate(tmp_path):
             retrieve_candidates(store, queries)  # gold is still v1
 
 
+# Recall@8 of the tuned search below over 40 builds each (20 on a quiet machine, 20 beside two
+# busy-looping processes), 200 queries: IVF_PQ mean 0.975, min 0.944; IVF_HNSW_SQ mean 0.979,
+# min 0.944; load made no difference. The spread is the build's: LanceDB seeds its k-means from
+# entropy (no seed option, no LANCE_* setting), so which cluster lands across a partition border
+# changes per build. Broken searches sit far below: one probe 0.36-0.61, IVF_PQ without refine
+# 0.39-0.50 (80 builds each, 50 or 200 queries). With 50 queries a good build fell to 0.9075.
+MIN_RECALL = 0.85
+
+
 @pytest.mark.parametrize("kind", ["IVF_PQ", "IVF_HNSW_SQ"])
 def test_an_ann_index_is_built_above_the_threshold_with_sane_recall(tmp_path, kind):
-    pool, queries = clustered(4000), clustered(50, seed=1)
+    pool, queries = clustered(4000), clustered(200, seed=1)
     ann = AnnConfig(
         kind=kind, min_rows=3000, num_partitions=8, num_sub_vectors=16, nprobes=6, refine_factor=20
     )
@@ -144,7 +153,7 @@ def test_an_ann_index_is_built_above_the_threshold_with_sane_recall(tmp_path, ki
         hits = store.search("pool", queries, 8)
         found = np.array(hits["pair_id"].to_pylist()).reshape(len(queries), 8)
         recall = np.mean([f"p{j:06d}" in found[i] for i, row in enumerate(truth) for j in row])
-        assert recall >= 0.9
+        assert recall >= MIN_RECALL
         exact_hits = store.search("pool", queries, 8, exact=True)["pair_id"].to_pylist()
         assert exact_hits == [f"p{j:06d}" for j in truth.reshape(-1)]
         # Rows added after the build are found too (LanceDB scans the unindexed ones).

@@ -14,9 +14,7 @@ import torch
 from pydantic import ValidationError
 
 from synpref_core import models
-from synpref_core.config import IngestConfig, SourceSpec
 from synpref_core.executors import run
-from synpref_core.ingest.pipeline import run_ingest
 from synpref_core.models import model_fingerprint
 from synpref_core.rm.model import (
     FALLBACK_MAX_LENGTH,
@@ -35,33 +33,7 @@ from synpref_core.rm.scoring import (
     score_table,
 )
 from synpref_core.stages import load_manifest
-from tests.ingest_helpers import DATA
-from tests.rm_helpers import tiny_bert_config, tiny_model_dir
-
-MAX_LENGTH = 64  # short, so many sequences are truncated and batches get several widths
-
-
-@pytest.fixture(scope="module")
-def pairs_dir(tmp_path_factory) -> str:
-    """Real pairs in 3 shards (~230 pairs): OffsetBias and two LLMBar subsets."""
-    llmbar = DATA / "llmbar" / "Dataset" / "LLMBar"
-    config = IngestConfig(
-        sources=[
-            SourceSpec(format="offsetbias", paths=[str(DATA / "offsetbias")]),
-            SourceSpec(
-                format="llmbar",
-                paths=[str(llmbar / "Natural"), str(llmbar / "Adversarial" / "GPTOut")],
-            ),
-        ],
-        out=str(tmp_path_factory.mktemp("pairs") / "ingest"),
-    )
-    out = run_ingest(config, progress=False)
-    return out.rsplit("/", 1)[0]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    return str(tiny_model_dir(tmp_path_factory.mktemp("rm")))
+from tests.rm_helpers import MAX_LENGTH, tiny_bert_config, tiny_model_dir
 
 
 def _pairs(pairs_dir: str, n: int) -> pl.DataFrame:
