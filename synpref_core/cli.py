@@ -62,6 +62,7 @@ def ingest(
     """Ingest, validate, decontaminate and deduplicate preference pairs into Parquet shards."""
     from synpref_core.ingest.pipeline import ingest_counts, run_ingest
     from synpref_core.ingest.readers import MalformedInputError
+    from synpref_core.io.lock import LockedError
     from synpref_core.stages import StageError
 
     try:
@@ -71,9 +72,22 @@ def ingest(
         raise _fail(str(exc)) from exc
     try:
         run_ingest(cfg, runner)
-    except (MalformedInputError, StageError) as exc:
+    except (MalformedInputError, StageError, LockedError) as exc:
         raise _fail(str(exc)) from exc
+    except KeyboardInterrupt:
+        raise _interrupted(cfg.out) from None
     _print_counts(ingest_counts(cfg.out), cfg.out)
+
+
+def _interrupted(out: str) -> typer.Exit:
+    """Ctrl-C: one line saying what was kept; exit 130 (128 + SIGINT), as shells expect."""
+    kept = "finished shards are kept"
+    if "://" not in out:
+        shards = len(list(Path(out).glob("_markers/*.json")))
+        shards += len(list(Path(out).glob("_stages/*/_markers/*.json")))
+        kept = f"{shards} finished shards are kept in {out}"
+    err.print(f"interrupted: {kept}; run the same command again to resume", soft_wrap=True)
+    return typer.Exit(code=130)
 
 
 def _ingest_config(inputs, fmt, out, status, name, benchmark, config) -> IngestConfig:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -33,6 +35,7 @@ from synpref_core.models import torch_threads
 from synpref_core.stages import ShardResult, Stage
 
 log = logging.getLogger(__name__)
+PARENT_POLL_S = 0.5  # how often a pool worker checks that its run is alive
 
 
 def run(
@@ -103,13 +106,34 @@ def _map(
         yield from _map_ray(stage, specs, todo, executor)
     elif executor.workers > 1 and len(todo) > 1:
         context = _pool_context(stage)
-        with ProcessPoolExecutor(max_workers=executor.workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=executor.workers,
+            mp_context=context,
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures = [pool.submit(stage.execute_shard, i, specs[i]) for i in todo]
             for future in as_completed(futures):
                 yield future.result()
     else:
         for index in todo:
             yield stage.execute_shard(index, specs[index])
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool worker initializer: exit as soon as the process that started the pool is gone, so
+    a killed run (SIGKILL leaves no chance to clean up) never leaves workers writing shards and
+    markers into its output."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _pool_context(stage: Stage) -> multiprocessing.context.BaseContext:
