@@ -16,9 +16,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -29,6 +30,7 @@ from synpref_core.config import (
     ExecutorConfig,
     IngestConfig,
     SourceSpec,
+    describe_invalid,
     load_config,
 )
 from synpref_core.rm.eval_results import EVAL_FORMATS, EvalResult
@@ -68,15 +70,33 @@ def ingest(
     try:
         cfg = _ingest_config(inputs, fmt, out, status, name, benchmark, config)
         runner = ExecutorConfig(kind=executor, workers=workers)
+    except ValidationError as exc:
+        raise _fail(describe_invalid(exc)) from exc
     except (ConfigError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     try:
-        run_ingest(cfg, runner)
+        _check_out_dir(cfg.out)
+        run_ingest(cfg, runner, progress=sys.stderr.isatty())
     except (MalformedInputError, StageError, LockedError) as exc:
         raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(_os_error(exc, cfg.out)) from exc
     except KeyboardInterrupt:
         raise _interrupted(cfg.out) from None
     _print_counts(ingest_counts(cfg.out), cfg.out)
+
+
+def _check_out_dir(out: str) -> None:
+    from synpref_core.stages import StageError
+
+    if "://" not in out and Path(out).exists() and not Path(out).is_dir():
+        raise StageError(f"{out}: exists and is not a directory; give a directory for --out")
+
+
+def _os_error(exc: OSError, target: str) -> str:
+    """One line for a filesystem failure: the path and the reason."""
+    where = exc.filename or target
+    return f"{where}: cannot write there: {exc.strerror or str(exc).splitlines()[0]}"
 
 
 def _interrupted(out: str) -> typer.Exit:
@@ -163,12 +183,22 @@ def export(
 ) -> None:
     """Export pairs as TRL / OpenRLHF preference rows (chosen/rejected message lists)."""
     from synpref_core.export import export_pairs
+    from synpref_core.schema import Status
     from synpref_core.stages import StageError
 
+    unknown = sorted(set(status or []) - set(get_args(Status)))
+    if unknown:
+        raise _fail(
+            f"unknown --status {', '.join(unknown)}; choose from {', '.join(get_args(Status))}"
+        )
+    if Path(out).is_dir():
+        raise _fail(f"{out}: is a directory; give a .parquet file name for --out")
     try:
         rows = export_pairs(directory, out, status)
     except StageError as exc:
         raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(_os_error(exc, out)) from exc
     Console().print(f"wrote {rows:,} pairs to {out}")
 
 
@@ -208,7 +238,9 @@ def eval_(
     missing = [p for p in missing if not Path(p).exists()]
     if missing:
         raise _fail(f"{missing[0]}: no such file")
-    if not Path(model).is_dir():
+    from synpref_core.rm.model import resolve_backbone
+
+    if not Path(resolve_backbone(model)).is_dir():
         raise _fail(f"{model}: no such model directory")
     show = sys.stderr.isatty() if progress is None else progress
     with tempfile.TemporaryDirectory(prefix="synpref-eval-") as scratch:

@@ -151,6 +151,17 @@ class ConfigError(ValueError):
     """A config file is unreadable or invalid; the message names the file and the field."""
 
 
+def describe_invalid(exc: ValidationError) -> str:
+    """A pydantic error on one line, naming each field: ``sources.0.status: Input should be
+    'unverified' or 'gold' (got 'bogus')``."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "config"
+        got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
+        parts.append(f"{where}: {error['msg']}{got}"[:300])
+    return "; ".join(parts)
+
+
 def load_config(path: str | Path, model: type[ModelT]) -> ModelT:
     """Read a YAML file strictly into ``model``."""
     path = Path(path)
@@ -161,7 +172,7 @@ def load_config(path: str | Path, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(data or {})
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid config:\n{exc}") from exc
+        raise ConfigError(f"{path}: invalid config: {describe_invalid(exc)}") from exc
 
 
 def config_hash(config: BaseModel | dict) -> str:

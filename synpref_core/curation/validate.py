@@ -1,8 +1,9 @@
 """Row validation shared by every format (DESIGN §1 pre-processing).
 
-Order of checks, first failure wins: types, text encoding, a prompt with a user turn, empty
-sides, identical sides, oversize fields. Each failure is a :class:`RowError` with the code the
-quarantine file records.
+Order of checks, first failure wins: types, text encoding, roles (only the chat format's
+``system``, ``user`` and ``assistant``), a prompt with a non-empty user turn that ends on a user
+turn (the responses answer it), empty sides, identical sides, oversize fields. Each failure is
+a :class:`RowError` with the code the quarantine file records.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from synpref_core.ingest.readers import RowError
+
+ROLES = ("system", "user", "assistant")  # the roles of the chat format that export writes
 
 
 def validate_draft(draft: dict[str, Any], max_field_chars: int) -> None:
@@ -36,8 +39,21 @@ def validate_draft(draft: dict[str, Any], max_field_chars: int) -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise RowError("undecodable_text", f"{name} has an unpaired surrogate") from exc
+    for i, message in enumerate(conversation):
+        if message["role"] not in ROLES:
+            raise RowError(
+                "bad_role",
+                f"conversation[{i}].role is {message['role']!r}; the chat format has "
+                f"{', '.join(ROLES)}",
+            )
     if not has_user:
         raise RowError("empty_prompt", "the conversation has no non-empty user turn")
+    if conversation[-1]["role"] != "user":
+        raise RowError(
+            "prompt_not_ending_in_user",
+            f"the conversation ends with a {conversation[-1]['role']} turn; the responses must "
+            "answer a user turn",
+        )
     chosen, rejected = draft["chosen"].strip(), draft["rejected"].strip()
     if not chosen:
         raise RowError("empty_side", "chosen is empty")

@@ -53,9 +53,19 @@ def _tmp_sibling(path: str) -> str:
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     fs.create_dir(posixpath.dirname(path), recursive=True)
     tmp = _tmp_sibling(path)
-    with fs.open_output_stream(tmp) as out:
-        out.write(data)
-    fs.move(tmp, path)
+    try:
+        with fs.open_output_stream(tmp) as out:
+            out.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        _discard(fs, tmp)
+        raise
+
+
+def _discard(fs: pafs.FileSystem, tmp: str) -> None:
+    """Remove a temporary file that will not be moved into place (if it was created)."""
+    if exists(fs, tmp):
+        fs.delete_file(tmp)
 
 
 def write_json_atomic(fs: pafs.FileSystem, path: str, obj: object) -> None:
@@ -82,7 +92,8 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
 class AtomicParquetWriter:
     """Append record batches to one Parquet file that appears only on :meth:`close`.
 
-    Used as a context manager; an exception inside the block removes the temporary file.
+    Used as a context manager; an exception inside the block, or a failure to move the file into
+    place (the target is a directory, say), removes the temporary file.
     """
 
     def __init__(
@@ -115,10 +126,14 @@ class AtomicParquetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         self._writer.close()
         self._sink.close()
-        if exc_type is None:
+        if exc_type is not None:
+            _discard(self.fs, self._tmp)
+            return
+        try:
             self.fs.move(self._tmp, self.path)
-        else:
-            self.fs.delete_file(self._tmp)
+        except BaseException:
+            _discard(self.fs, self._tmp)
+            raise
 
     def size(self) -> int:
         return self.fs.get_file_info(self.path).size

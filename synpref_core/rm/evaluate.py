@@ -52,6 +52,37 @@ def ingest_benchmark(fmt: str, paths: Sequence[str], out: str) -> dict[str, int]
     return ingest_counts(out)
 
 
+def no_pairs_reason(fmt: str, counts: dict[str, int]) -> str:
+    """Why an input gave no pairs, from its ingest counts: 'no pairs as llmbar: 3 of 3 rows
+    quarantined (missing_field 3)'."""
+    reasons = sorted(
+        (value, key.removeprefix("quarantined."))
+        for key, value in counts.items()
+        if key.startswith("quarantined.")
+    )
+    detail = ", ".join(f"{code} {n}" for n, code in reversed(reasons))
+    read = counts.get("input_rows", 0)
+    if not read:
+        return f"no pairs as {fmt}: no rows read"
+    return (
+        f"no pairs as {fmt}: {counts.get('quarantined', 0)} of {read} rows quarantined ({detail})"
+    )
+
+
+def load_model_checked(model: str) -> tuple[Any, Any]:
+    """The reward model, or an :class:`EvaluationError` naming the folder when it is not one."""
+    from synpref_core.rm.model import load_reward_model, resolve_backbone
+
+    path = Path(resolve_backbone(model))
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise EvaluationError(f"{model}: not a reward model (no config.json in the folder)")
+    try:
+        return load_reward_model(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EvaluationError(f"{model}: not a reward model: {first}") from exc
+
+
 def read_pairs(stage_dir: str) -> pa.Table:
     """The pairs of an ingested benchmark, with what scoring and the scorers need."""
     from synpref_core.stages import iter_batches
@@ -104,9 +135,7 @@ def score_with_model(
 ) -> pa.Table:
     """``pairs`` less the conversation, plus ``r_chosen`` and ``r_rejected`` from the RM in
     ``model_dir``: what :func:`~synpref_core.rm.benchmarks.score_results` takes."""
-    from synpref_core.rm.model import load_reward_model
-
-    model, tokenizer = load_reward_model(model_dir)
+    model, tokenizer = load_model_checked(model_dir)
     r_chosen, r_rejected = score_rewards(
         model, tokenizer, pairs, max_length, token_budget, progress
     )
@@ -136,6 +165,8 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = ingest_benchmark(fmt, paths, str(out / "pairs"))
+    if not counts["rows"]:
+        raise EvaluationError(f"{', '.join(map(str, paths))}: {no_pairs_reason(fmt, counts)}")
     pairs = read_pairs(str(out / "pairs"))
     max_length = max_length or trained_max_length(str(model_dir))
     scored = score_with_model(str(model_dir), pairs, max_length, token_budget, progress)
