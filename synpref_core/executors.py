@@ -149,15 +149,35 @@ def _pool_context(stage: Stage) -> multiprocessing.context.BaseContext:
 
 
 def ensure_ray(executor: ExecutorConfig) -> None:
-    """Connect to the configured Ray cluster, or start a local one, once per process."""
+    """Connect to the configured Ray cluster, or start a local one, once per process.
+
+    The local Ray listens on loopback only (every process of it: GCS, raylet, object manager,
+    agents, workers), with Ray's token authentication on as Ray starts it (unless
+    ``RAY_AUTH_MODE=disabled``). A cluster keeps the addresses and auth it was started with."""
     import ray
+    from ray._private import ray_constants
 
     if ray.is_initialized():
         return
     if executor.ray_address:
         ray.init(address=executor.ray_address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=executor.ray_num_cpus, include_dashboard=False, log_to_driver=False)
+        return
+    # Ray binds its servers to the node IP, and on Linux it replaces a loopback
+    # `_node_ip_address` with the machine's network address (then gRPC listens on all
+    # interfaces). It keeps 127.0.0.1 only in its single-machine mode, the default on macOS and
+    # Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), which this flag is; it is read only while
+    # the node starts, so restore it for a later connection to a cluster from this process.
+    multi_node = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            num_cpus=executor.ray_num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = multi_node
 
 
 def _map_ray(stage: Stage, specs: list[dict[str, Any]], todo: list[int], executor: ExecutorConfig):

@@ -18,11 +18,14 @@ DATA = REPO / "data"
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray with 2 CPUs for the whole session."""
+    """A real local Ray with 2 CPUs for the whole session, started as the flows start it
+    (loopback only, token auth on)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from synpref_core.config import ExecutorConfig
+    from synpref_core.executors import ensure_ray
+
+    ensure_ray(ExecutorConfig(kind="ray", ray_num_cpus=2))
     yield ray
     ray.shutdown()
 

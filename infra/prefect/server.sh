@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Local Prefect server with the UI on http://127.0.0.1:4200 (`make server`).
+# Local Prefect server with the UI on http://127.0.0.1:4200 (`make server`), listening on
+# loopback only unless PREFECT_SERVER_API_HOST says otherwise.
 #
 # Flows run without it too (Prefect's ephemeral API, same database under PREFECT_HOME, default
 # ~/.prefect), so runs made before the server started show up in the UI. Deployments and
@@ -17,4 +18,8 @@ if [[ -x "$ROOT/.venv/bin/prefect" ]]; then
 fi
 
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
+# Loopback unless configured otherwise (here, in the environment or in the Prefect profile).
+if ! "$PREFECT" config view | grep '^PREFECT_SERVER_API_HOST=' >/dev/null; then
+    export PREFECT_SERVER_API_HOST="127.0.0.1"
+fi
 exec "$PREFECT" server start "$@"

@@ -18,10 +18,16 @@ if [[ -x "$ROOT/.venv/bin/prefect" ]]; then
     PREFECT="$ROOT/.venv/bin/prefect"
 fi
 
-if [[ -z "${PREFECT_API_URL:-}" ]] && ! "$PREFECT" config view | grep '^PREFECT_API_URL=' >/dev/null; then
+CONFIG="$("$PREFECT" config view)"   # settings from the environment and the Prefect profile
+if [[ -z "${PREFECT_API_URL:-}" ]] && ! grep '^PREFECT_API_URL=' <<<"$CONFIG" >/dev/null; then
     export PREFECT_API_URL="http://127.0.0.1:4200/api"
 fi
 export SYNPREF_REPO="${SYNPREF_REPO:-$ROOT}"
+# `--with-healthcheck` starts a web server, on all interfaces by Prefect's default: loopback
+# unless configured otherwise. Flow runs start their local Ray on loopback (ensure_ray).
+if ! grep '^PREFECT_WORKER_WEBSERVER_HOST=' <<<"$CONFIG" >/dev/null; then
+    export PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1"
+fi
 
 if ! "$PREFECT" work-pool inspect synpref >/dev/null 2>&1; then
     "$PREFECT" work-pool create synpref --type process
