@@ -2,12 +2,16 @@
 
 Two stages, each with shards, markers and a manifest (see ``synpref_core.stages``)::
 
-    OUT/_stages/normalize/   data/ rejects/ _markers/ manifest.json   (stage "ingest")
+    OUT/_stages/normalize/   data/ rejects/ _markers/ manifest.json   (stage "normalize")
     OUT/                     data/ rejects/ _markers/ manifest.json   (stage "dedup")
 
-``ingest`` turns every input record into pair rows or quarantined rows (with a reason), and drops
-pairs overlapping benchmark prompts. ``dedup`` removes exact duplicates on (conversation, chosen,
-rejected) across all shards, keeping the first in input order. The final manifest's counts obey
+``normalize`` turns every input record into pair rows or quarantined rows (with a reason), and
+drops pairs overlapping benchmark prompts. ``dedup`` removes exact duplicates on (conversation,
+chosen, rejected) across all shards, keeping the first in input order, and writes the final pair
+files (the only Parquet encode of a kept row: normalize writes its pairs uncompressed, dedup
+writes them zstd-compressed). Rows of a byte-range shard are numbered from its start by the
+worker that counts its lines; dedup adds the lines of the ranges before it, so the final
+``source_row`` is the record's true line. The final manifest's counts obey
 ``input_rows = rows + quarantined + contaminated + duplicates``; a shard that breaks this raises.
 
 Run locally: ``synpref ingest --format hh-rlhf data/hh-rlhf/... --out OUT``; at scale, the
@@ -16,14 +20,18 @@ Run locally: ``synpref ingest --format hh-rlhf data/hh-rlhf/... --out OUT``; at 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import orjson
+
+# pyarrow imports pandas the first time it builds an array. Importing it here puts it in the
+# forkserver that pools preload this module from, so each worker does not pay ~0.2 s CPU again.
+import pandas  # noqa: F401
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from synpref_core import schema
@@ -31,23 +39,25 @@ from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec, config
 from synpref_core.curation.decontam import benchmark_ngrams, contaminated_rows, conversation_texts
 from synpref_core.curation.validate import validate_draft
 from synpref_core.executors import run_stage
-from synpref_core.ingest import columnar
+from synpref_core.ingest import columnar, rows
 from synpref_core.ingest.formats import ADAPTERS, document_records
 from synpref_core.ingest.readers import (
     MalformedInputError,
     RowError,
     expand_paths,
+    is_byte_range,
     iter_jsonl,
     iter_parquet,
+    newline_offsets,
     plan_file,
     read_document,
+    read_range,
 )
 from synpref_core.io import fs as fsio
 from synpref_core.stages import ShardResult, Stage, StageError, load_manifest, part_name
 
 Record = tuple[int, Any, dict[str, Any]]
-Batch = tuple[pa.Table, list[dict], int]  # pairs, rejects, input records read
-NORMALIZE_DIR = "_stages/normalize"  # the ingest stage's directory inside the output
+NORMALIZE_DIR = "_stages/normalize"  # the normalize stage's directory inside the output
 # The normalize stage's pair files are read once, by dedup, which rewrites them compressed:
 # compressing them too costs more CPU than the extra bytes cost I/O.
 INTERMEDIATE_COMPRESSION = "none"
@@ -58,8 +68,11 @@ def ingest_identity(config: IngestConfig) -> str:
     return config_hash(config.model_copy(update={"out": ""}))
 
 
-def iter_records(source: SourceSpec, spec: dict[str, Any], batch_rows: int) -> Iterator[Record]:
-    """(row, raw record or RowError, extras) for one shard of one source file."""
+def iter_records(
+    source: SourceSpec, spec: dict[str, Any], batch_rows: int, data: bytes | None = None
+) -> Iterator[Record]:
+    """(row, raw record or RowError, extras) for one shard of one source file; ``data``: the
+    bytes of a byte-range shard, if already read."""
     path = spec["path"]
     if path.endswith(".parquet"):
         for row, raw in iter_parquet(path, batch_rows):
@@ -73,27 +86,14 @@ def iter_records(source: SourceSpec, spec: dict[str, Any], batch_rows: int) -> I
         for row, (raw, extra) in enumerate(records):
             yield row, raw, extra
     else:
-        for line, raw in iter_jsonl(spec):
+        for line, raw in iter_jsonl(spec, data):
             yield line - 1, raw, {}
 
 
-def _raw_text(raw: Any) -> str:
-    if isinstance(raw, RowError):
-        return raw.raw or ""
-    try:
-        return orjson.dumps(raw, default=str).decode()
-    except TypeError:  # lone surrogates: keep them escaped rather than lose the row
-        return json.dumps(raw, ensure_ascii=True, default=str)
-
-
-def _attribute(value: str | None) -> dict[str, str] | None:
-    return {"value": value, "source": "source"} if value is not None else None
-
-
-class IngestStage(Stage):
+class NormalizeStage(Stage):
     """Normalise + validate + decontaminate each input shard into pair rows and rejects."""
 
-    name = "ingest"
+    name = "normalize"
 
     def __init__(self, config: IngestConfig):
         super().__init__(
@@ -117,28 +117,22 @@ class IngestStage(Stage):
             for path in expand_paths(source.paths):
                 for spec in plan_file(path, self.ingest.shard_bytes):
                     specs.append({"source": index, **spec})
-        self._benchmark = self._benchmark_ngrams()
+        self.benchmark_ngrams()  # read once here: executors ship the stage with them to workers
         return specs
 
-    def _benchmark_ngrams(self) -> np.ndarray:
-        decontam = self.ingest.decontamination
-        texts: set[str] = set()
-        for bench in decontam.benchmarks:
-            for path in expand_paths(bench.paths):
-                for spec in plan_file(path, self.ingest.shard_bytes):
-                    for _, raw, _ in iter_records(bench, spec, self.ingest.batch_rows):
-                        try:
-                            drafts = (
-                                ADAPTERS[bench.format](raw, bench)
-                                if not isinstance(raw, RowError)
-                                else []
-                            )
-                        except RowError:
-                            continue  # a broken benchmark row has no prompt to protect
-                        texts.update(
-                            "\n".join(m["content"] for m in d["conversation"]) for d in drafts
-                        )
-        return benchmark_ngrams(sorted(texts), decontam.ngram)
+    def benchmark_ngrams(self) -> np.ndarray:
+        """Sorted n-gram hashes of the benchmark prompts, read on first use in this process (a
+        stage unpickled on a worker before plan() ran, or run without it, reads them itself)."""
+        if self._benchmark is None:
+            decontam = self.ingest.decontamination
+            texts: set[str] = set()
+            for bench in decontam.benchmarks:
+                for path in expand_paths(bench.paths):
+                    for spec in plan_file(path, self.ingest.shard_bytes):
+                        for _, raw, _ in iter_records(bench, spec, self.ingest.batch_rows):
+                            texts.update(_prompt_texts(bench, raw))
+            self._benchmark = benchmark_ngrams(sorted(texts), decontam.ngram)
+        return self._benchmark
 
     def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
         source = self.ingest.sources[spec["source"]]
@@ -152,9 +146,7 @@ class IngestStage(Stage):
             "quarantined": 0,
             "contaminated": 0,
         }
-        # The columnar path handles plain-string `pairs` JSONL shards; it declines (None)
-        # anything else, which the row path below handles.
-        batches = columnar.pairs_batches(self, spec, source) or self._row_batches(source, spec)
+        batches, lines = self._batches(source, spec)
         with (
             fsio.AtomicParquetWriter(
                 fs, fsio.join(root, data_rel), schema.PAIR_SCHEMA, INTERMEDIATE_COMPRESSION
@@ -166,7 +158,7 @@ class IngestStage(Stage):
             for table, bad, records in batches:
                 counts["input_records"] += records
                 self._flush(source, table, bad, data, rejects, counts)
-        return {
+        result: ShardResult = {
             "shard": index,
             "files": [
                 {"path": data_rel, "kind": "data", "rows": data.rows, "bytes": data.size()},
@@ -179,13 +171,40 @@ class IngestStage(Stage):
             ],
             "counts": counts,
         }
+        if lines is not None:
+            result["lines"] = lines  # type: ignore[typeddict-unknown-key]
+        return result
 
-    def _row_batches(self, source: SourceSpec, spec: dict[str, Any]) -> Iterator[Batch]:
+    def _batches(
+        self, source: SourceSpec, spec: dict[str, Any]
+    ) -> tuple[Iterator[rows.Batch], int | None]:
+        """The shard's batches, and for a byte range the newlines in it (its count of lines).
+
+        The columnar path handles plain-string ``pairs`` JSON lines; it declines (None) anything
+        else, which the row path handles."""
+        if not is_byte_range(spec["path"]):
+            return self._row_batches(source, spec, None), None
+        data = read_range(spec)
+        newlines = newline_offsets(data)
+        fast = columnar.pairs_batches(
+            data,
+            newlines,
+            spec["path"],
+            source,
+            self.run_id,
+            self.ingest.validation.max_field_chars,
+            self.ingest.batch_rows,
+        )
+        return fast or self._row_batches(source, spec, data), len(newlines)
+
+    def _row_batches(
+        self, source: SourceSpec, spec: dict[str, Any], data: bytes | None
+    ) -> Iterator[rows.Batch]:
         """(pairs table, rejects, records read) per ``batch_rows`` rows, record by record."""
         pairs: list[dict] = []
         bad: list[dict] = []
         records = 0
-        for row, raw, extra in iter_records(source, spec, self.ingest.batch_rows):
+        for row, raw, extra in iter_records(source, spec, self.ingest.batch_rows, data):
             records += 1
             self._convert(source, spec["path"], row, raw, extra, pairs, bad)
             if len(pairs) + len(bad) >= self.ingest.batch_rows:
@@ -210,63 +229,21 @@ class IngestStage(Stage):
             if not drafts:
                 raise RowError("missing_field", "record holds no pair")
         except RowError as err:
-            bad.append(self._reject(source, path, row, err.code, err.reason, _raw_text(raw)))
+            bad.append(
+                rows.reject_row(self.run_id, source.source_name, path, row, err, rows.raw_text(raw))
+            )
             return
         for draft in drafts:
             try:
                 validate_draft(draft, self.ingest.validation.max_field_chars)
             except RowError as err:
-                bad.append(self._reject(source, path, row, err.code, err.reason, _raw_text(raw)))
+                bad.append(
+                    rows.reject_row(
+                        self.run_id, source.source_name, path, row, err, rows.raw_text(raw)
+                    )
+                )
                 continue
-            pairs.append(self._pair_row(source, path, row, {**extra, **draft}))
-
-    def _reject(
-        self,
-        source: SourceSpec,
-        path: str,
-        row: int,
-        code: str,
-        reason: str,
-        raw: str,
-        pair_id: str | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "reason_code": code,
-            "reason": reason,
-            "source": source.source_name,
-            "source_file": path,
-            "source_row": row,
-            "pair_id": pair_id,
-            "duplicate_of": None,
-            "raw": raw,
-            "run_id": self.run_id,
-        }
-
-    def _pair_row(self, source: SourceSpec, path: str, row: int, d: dict[str, Any]) -> dict:
-        votes = d.get("human_votes")
-        return {
-            "pair_id": schema.pair_id(d["conversation"], d["chosen"], d["rejected"]),
-            "conversation": d["conversation"],
-            "chosen": d["chosen"],
-            "rejected": d["rejected"],
-            "task_category": None,
-            "objectivity": None,
-            "controversiality": _attribute(d.get("controversiality")),
-            "desired_attributes": None,
-            "annotation_guideline": None,
-            "status": source.status,
-            "decided_by": "source",
-            "evidence": {"human_votes": votes} if votes is not None else None,
-            "round": None,
-            "run_id": self.run_id,
-            "source": source.source_name,
-            "source_file": path,
-            "source_row": row,
-            "source_subset": d.get("subset"),
-            "parent_id": None,
-            "group_id": d.get("group_id"),
-            "meta": json.dumps(d["meta"], sort_keys=True, default=str) if d.get("meta") else None,
-        }
+            pairs.append(rows.pair_row(self.run_id, source, path, row, {**extra, **draft}))
 
     def _flush(
         self,
@@ -279,28 +256,21 @@ class IngestStage(Stage):
     ) -> None:
         """Decontaminate a batch of pairs, count every outcome, write pairs and rejects."""
         ngram = self.ingest.decontamination.ngram
-        if source.decontaminate and self._benchmark is not None and table.num_rows:
-            texts = conversation_texts(table.column("conversation"))
-            hit = contaminated_rows(texts, self._benchmark, ngram)
+        grams = self.benchmark_ngrams() if source.decontaminate else None
+        if grams is not None and grams.size and table.num_rows:
+            hit = contaminated_rows(conversation_texts(table.column("conversation")), grams, ngram)
             if hit.size:
-                cols = [
-                    "conversation",
-                    "chosen",
-                    "rejected",
-                    "source_file",
-                    "source_row",
-                    "pair_id",
-                ]
-                for p in table.select(cols).take(pa.array(hit)).to_pylist():
+                error = RowError("contaminated", f"shares a {ngram}-gram with a benchmark prompt")
+                cols = ["conversation", "chosen", "rejected", "source_file", "source_row"]
+                for p in table.select([*cols, "pair_id"]).take(pa.array(hit)).to_pylist():
                     raw = orjson.dumps({k: p[k] for k in cols[:3]}).decode()
-                    reason = f"shares a {ngram}-gram with a benchmark prompt"
                     bad.append(
-                        self._reject(
-                            source,
+                        rows.reject_row(
+                            self.run_id,
+                            source.source_name,
                             p["source_file"],
                             p["source_row"],
-                            "contaminated",
-                            reason,
+                            error,
                             raw,
                             p["pair_id"],
                         )
@@ -321,8 +291,21 @@ class IngestStage(Stage):
         rejects.write(pa.Table.from_pylist(bad, schema=schema.REJECT_SCHEMA))
 
 
+def _prompt_texts(bench: SourceSpec, raw: Any) -> list[str]:
+    """The conversations of a benchmark record as text; none for a broken record (it has no
+    prompt to protect)."""
+    if isinstance(raw, RowError):
+        return []
+    try:
+        drafts = ADAPTERS[bench.format](raw, bench)
+    except RowError:
+        return []
+    return ["\n".join(m["content"] for m in d["conversation"]) for d in drafts]
+
+
 class DedupStage(Stage):
-    """Exact dedup on the content id across every shard of the ingest stage, first one wins."""
+    """Exact dedup on the content id across every shard of the normalize stage, first one wins;
+    writes the final pair files, with every row at its true line."""
 
     name = "dedup"
 
@@ -343,17 +326,22 @@ class DedupStage(Stage):
 
     def plan(self) -> list[dict[str, Any]]:
         parent = load_manifest(self.parents[0])
+        offsets = _row_offsets(parent.shards)
         frames = []
-        for shard in parent.shards:
+        for shard, offset in zip(parent.shards, offsets, strict=True):
             entry = next(f for f in shard["files"] if f["kind"] == "data")
-            path = fsio.join(parent.dir, entry["path"])
-            fs, inner = fsio.resolve(path)
+            fs, inner = fsio.resolve(fsio.join(parent.dir, entry["path"]))
             with fs.open_input_file(inner) as f:
                 ids = pq.read_table(f, columns=["pair_id", "source_file", "source_row"])
             frames.append(
-                pl.from_arrow(ids).with_columns(shard=pl.lit(shard["shard"])).with_row_index("row")
+                pl.from_arrow(ids)
+                .with_columns(pl.col("source_row") + offset, shard=pl.lit(shard["shard"]))
+                .with_row_index("row")
             )
-        specs = [{"parent_shard": s, "drop": [], "duplicate_of": []} for s in parent.shards]
+        specs = [
+            {"parent_shard": s, "row_offset": o, "drop": [], "duplicate_of": []}
+            for s, o in zip(parent.shards, offsets, strict=True)
+        ]
         if not frames:
             return specs
         every = pl.concat(frames).with_columns(first=pl.col("pair_id").is_first_distinct())
@@ -368,7 +356,7 @@ class DedupStage(Stage):
         return specs
 
     def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
-        shard = spec["parent_shard"]
+        shard, offset = spec["parent_shard"], spec["row_offset"]
         data_in = next(f for f in shard["files"] if f["kind"] == "data")
         rejects_in = next(f for f in shard["files"] if f["kind"] == "rejects")
         fs, root = fsio.resolve(self.out)
@@ -376,27 +364,23 @@ class DedupStage(Stage):
         dups_rel = f"rejects/{part_name(index)}.parquet"
         drop = np.asarray(spec["drop"], dtype=np.int64)
         kept_at = dict(zip(spec["drop"], spec["duplicate_of"], strict=True))
-        in_fs, in_path = fsio.resolve(fsio.join(root, NORMALIZE_DIR, data_in["path"]))
         dup_rows: list[dict] = []
-        with (
-            fsio.AtomicParquetWriter(fs, fsio.join(root, data_rel), schema.PAIR_SCHEMA) as data,
-            in_fs.open_input_file(in_path) as f,
-        ):
-            offset = 0
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=self.batch_rows):
-                table = pa.Table.from_batches([batch]).cast(schema.PAIR_SCHEMA)
-                local = drop[(drop >= offset) & (drop < offset + table.num_rows)] - offset
+        with fsio.AtomicParquetWriter(fs, fsio.join(root, data_rel), schema.PAIR_SCHEMA) as data:
+            row = 0
+            for table in self._read(NORMALIZE_DIR, data_in, offset, schema.PAIR_SCHEMA):
+                local = drop[(drop >= row) & (drop < row + table.num_rows)] - row
                 keep = np.ones(table.num_rows, dtype=bool)
                 keep[local] = False
                 if local.size:  # one take per batch, not one to_pylist of a whole row per dup
                     picked = table.select(["source", "source_file", "source_row", "pair_id"])
-                    rows = picked.take(pa.array(local)).to_pylist()
                     dup_rows += [
-                        self._dup_record(row, kept_at[int(i) + offset])
-                        for row, i in zip(rows, local, strict=True)
+                        self._dup_record(record, kept_at[int(i) + row])
+                        for record, i in zip(
+                            picked.take(pa.array(local)).to_pylist(), local, strict=True
+                        )
                     ]
                 data.write(table.filter(pa.array(keep)))
-                offset += table.num_rows
+                row += table.num_rows
         with fsio.AtomicParquetWriter(fs, fsio.join(root, dups_rel), schema.REJECT_SCHEMA) as dw:
             dw.write(pa.Table.from_pylist(dup_rows, schema=schema.REJECT_SCHEMA))
         counts = {**shard["counts"], "rows": data.rows, "duplicates": len(dup_rows)}
@@ -409,31 +393,69 @@ class DedupStage(Stage):
             "shard": index,
             "files": [
                 {"path": data_rel, "kind": "data", "rows": data.rows, "bytes": data.size()},
-                {**rejects_in, "path": f"{NORMALIZE_DIR}/{rejects_in['path']}"},
+                self._normalize_rejects(index, rejects_in, offset),
                 {"path": dups_rel, "kind": "rejects", "rows": dw.rows, "bytes": dw.size()},
             ],
             "counts": counts,
         }
 
+    def _read(
+        self, directory: str, entry: dict[str, Any], offset: int, file_schema: pa.Schema
+    ) -> Iterator[pa.Table]:
+        """A file of the normalize stage in batches, its ``source_row`` moved on by ``offset``."""
+        fs, path = fsio.resolve(fsio.join(self.out, directory, entry["path"]))
+        column = file_schema.get_field_index("source_row")
+        with fs.open_input_file(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=self.batch_rows):
+                table = pa.Table.from_batches([batch]).cast(file_schema)
+                if offset:
+                    moved = pc.add(table.column(column), offset)
+                    table = table.set_column(column, file_schema.field(column), moved)
+                yield table
+
+    def _normalize_rejects(self, index: int, entry: dict[str, Any], offset: int) -> dict:
+        """The normalize stage's rejects of this shard: that file itself where its rows are at
+        their true lines, else a copy here with them moved on by ``offset``."""
+        if not offset:
+            return {**entry, "path": f"{NORMALIZE_DIR}/{entry['path']}"}
+        fs, root = fsio.resolve(self.out)
+        rel = f"rejects/{part_name(index)}-normalize.parquet"
+        with fsio.AtomicParquetWriter(fs, fsio.join(root, rel), schema.REJECT_SCHEMA) as out:
+            for table in self._read(NORMALIZE_DIR, entry, offset, schema.REJECT_SCHEMA):
+                out.write(table)
+        return {"path": rel, "kind": "rejects", "rows": out.rows, "bytes": out.size()}
+
     def _dup_record(self, row: dict[str, Any], kept_at: str) -> dict[str, Any]:
-        return {
-            "reason_code": "duplicate",
-            "reason": f"exact duplicate of the pair at {kept_at}",
-            "source": row["source"],
-            "source_file": row["source_file"],
-            "source_row": row["source_row"],
-            "pair_id": row["pair_id"],
-            "duplicate_of": kept_at,
-            "raw": None,
-            "run_id": self.run_id,
-        }
+        error = RowError("duplicate", f"exact duplicate of the pair at {kept_at}")
+        record = rows.reject_row(
+            self.run_id,
+            row["source"],
+            row["source_file"],
+            row["source_row"],
+            error,
+            None,
+            row["pair_id"],
+        )
+        return {**record, "duplicate_of": kept_at}
+
+
+def _row_offsets(shards: tuple[dict[str, Any], ...]) -> list[int]:
+    """For each normalize shard, the lines of its file before its byte range (0 but for the
+    second and later ranges of a file): what turns its row numbers into true lines."""
+    before: dict[str, int] = {}
+    offsets = []
+    for shard in shards:
+        path = shard["spec"]["path"]
+        offsets.append(before.get(path, 0))
+        before[path] = offsets[-1] + shard.get("lines", 0)
+    return offsets
 
 
 def run_ingest(
     config: IngestConfig, executor: ExecutorConfig | None = None, progress: bool = True
 ) -> str:
     """Run both ingest stages; return the final manifest URI (``OUT/manifest.json``)."""
-    normalized = run_stage(IngestStage(config), executor, progress)
+    normalized = run_stage(NormalizeStage(config), executor, progress)
     return run_stage(DedupStage(config, normalized), executor, progress)
 
 

@@ -13,7 +13,8 @@ import polars as pl
 
 from synpref_core.config import DecontamConfig, IngestConfig, SourceSpec, ValidationConfig
 from synpref_core.ingest import columnar
-from synpref_core.ingest.pipeline import IngestStage, run_ingest
+from synpref_core.ingest.pipeline import NormalizeStage, run_ingest
+from synpref_core.ingest.readers import newline_offsets, read_range
 
 BENCH = "the quick brown fox jumps over the lazy dog near the quiet river bank today"
 ROWS = [
@@ -45,6 +46,22 @@ def _run(tmp_path, name: str, lines: list[str]):
     return config, path
 
 
+def _fast_path_taken(config: IngestConfig) -> bool:
+    stage = NormalizeStage(config)
+    spec = stage.plan()[0]
+    data = read_range(spec)
+    batches = columnar.pairs_batches(
+        data,
+        newline_offsets(data),
+        spec["path"],
+        config.sources[0],
+        stage.run_id,
+        config.validation.max_field_chars,
+        config.batch_rows,
+    )
+    return batches is not None
+
+
 def _read(out, pattern: str) -> pl.DataFrame:
     return pl.read_parquet(sorted(out.glob(pattern))).drop("source_file", "run_id")
 
@@ -54,10 +71,8 @@ def test_fast_path_equals_row_path(tmp_path):
     fast_config, _ = _run(tmp_path, "fast", lines)
     row_config, _ = _run(tmp_path, "rows", [*lines, ""])
 
-    stage = IngestStage(fast_config)
-    assert columnar.pairs_batches(stage, stage.plan()[0], fast_config.sources[0]) is not None
-    stage = IngestStage(row_config)
-    assert columnar.pairs_batches(stage, stage.plan()[0], row_config.sources[0]) is None
+    assert _fast_path_taken(fast_config)
+    assert not _fast_path_taken(row_config)
 
     fast, rows = tmp_path / "fast", tmp_path / "rows"
     for pattern in (
@@ -84,8 +99,7 @@ def test_non_string_values_take_the_row_path_and_are_quarantined(tmp_path):
         json.dumps({"prompt": [{"role": "user", "content": "m"}], "chosen": "a", "rejected": "b"}),
     ]
     config, _ = _run(tmp_path, "mixed", lines)
-    stage = IngestStage(config)
-    assert columnar.pairs_batches(stage, stage.plan()[0], config.sources[0]) is None
+    assert not _fast_path_taken(config)
     rejects = _read(tmp_path / "mixed", "_stages/normalize/rejects/*")
     assert rejects["reason_code"].to_list() == ["wrong_type", "wrong_type"]
     assert _read(tmp_path / "mixed", "data/*").height == 2
