@@ -15,6 +15,7 @@ from synpref_core.config import DecontamConfig, IngestConfig, SourceSpec, Valida
 from synpref_core.ingest import columnar
 from synpref_core.ingest.pipeline import NormalizeStage, run_ingest
 from synpref_core.ingest.readers import newline_offsets, read_range
+from tests.ingest_helpers import read_dir
 
 BENCH = "the quick brown fox jumps over the lazy dog near the quiet river bank today"
 ROWS = [
@@ -63,7 +64,7 @@ def _fast_path_taken(config: IngestConfig) -> bool:
 
 
 def _read(out, pattern: str) -> pl.DataFrame:
-    return pl.read_parquet(sorted(out.glob(pattern))).drop("source_file", "run_id")
+    return read_dir(out, pattern).drop("source_file", "run_id")
 
 
 def test_fast_path_equals_row_path(tmp_path):
