@@ -140,7 +140,7 @@ class NormalizeStage(Stage):
                 counts["input_records"] += records
                 pairs.append(self._flush(source, table, bad, rejects, counts))
         data_bytes = _write_arrow(fs, fsio.join(root, data_rel), pairs)
-        result: ShardResult = {
+        result = {
             "shard": index,
             "files": [
                 {"path": data_rel, "kind": "data", "rows": counts["rows"], "bytes": data_bytes},
@@ -153,8 +153,8 @@ class NormalizeStage(Stage):
             ],
             "counts": counts,
         }
-        if lines is not None:
-            result["lines"] = lines  # type: ignore[typeddict-unknown-key]
+        if lines is not None:  # where dedup resumes the numbering for the file's next range
+            result["lines"] = lines
         return result
 
     def _batches(
