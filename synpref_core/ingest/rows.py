@@ -1,6 +1,6 @@
 """The rows the normalize stage writes, built in one place for its two paths.
 
-The row path (``pipeline.py``: any format, record by record) and the columnar fast path
+The row path (``normalize.py``: any format, record by record) and the columnar fast path
 (``columnar.py``: plain-string ``pairs`` JSON lines, column by column) must write the same bytes.
 Both take from here: the reject record, the pair row (its per-source constant columns, its id),
 the raw text kept with a reject, and the validation of a single-user-turn pair.
@@ -21,7 +21,7 @@ from synpref_core.ingest.readers import RowError
 
 Batch = tuple[pa.Table, list[dict], int]  # pairs, rejects, input records read
 USER = "user"
-# validate_draft names the fields of a one-turn conversation so (the role is never empty or long).
+# How validate_draft names the fields of a one-turn conversation (it checks them in this order).
 _ROLE0 = ("conversation[0].role", USER)
 _CONTENT0 = "conversation[0].content"
 

@@ -11,10 +11,12 @@ import json
 
 import polars as pl
 
+from synpref_core import schema
 from synpref_core.config import DecontamConfig, IngestConfig, SourceSpec, ValidationConfig
-from synpref_core.ingest import columnar
+from synpref_core.curation.validate import validate_draft
+from synpref_core.ingest import columnar, rows
 from synpref_core.ingest.pipeline import NormalizeStage, run_ingest
-from synpref_core.ingest.readers import newline_offsets, read_range
+from synpref_core.ingest.readers import RowError, newline_offsets, read_range
 from tests.ingest_helpers import read_dir
 
 BENCH = "the quick brown fox jumps over the lazy dog near the quiet river bank today"
@@ -104,3 +106,31 @@ def test_non_string_values_take_the_row_path_and_are_quarantined(tmp_path):
     rejects = _read(tmp_path / "mixed", "_stages/normalize/rejects/*")
     assert rejects["reason_code"].to_list() == ["wrong_type", "wrong_type"]
     assert _read(tmp_path / "mixed", "data/*").height == 2
+
+
+def test_one_turn_check_and_id_are_the_validator_and_schema_ones():
+    """rows' single-user-turn helpers, used by the fast path, say what validate_draft and
+    schema.pair_id say of the same pair: reason code, reason text and id."""
+    cases = [
+        ("p", "a", "b"),
+        ("  ", "a", "b"),
+        ("p", " ", "b"),
+        ("p", "a", "\t"),
+        ("p", "same", " same "),
+        ("x" * 9, "a", "b"),
+        ("p", "y" * 9, "z" * 9),
+        ("é 🙂", "ü", "ß"),
+    ]
+    for prompt, chosen, rejected in cases:
+        draft = {"conversation": [{"role": "user", "content": prompt}], "chosen": chosen}
+        draft["rejected"] = rejected
+        try:
+            validate_draft(draft, 8)
+            expected = None
+        except RowError as err:
+            expected = (err.code, err.reason)
+        got = rows.user_pair_error(prompt, chosen, rejected, 8)
+        assert (None if got is None else (got.code, got.reason)) == expected, (prompt, chosen)
+        assert rows.user_pair_id(prompt, chosen, rejected) == schema.pair_id(
+            draft["conversation"], chosen, rejected
+        )
