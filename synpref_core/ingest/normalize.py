@@ -3,16 +3,18 @@
 One shard per input file, or per byte range of a large plain JSON-lines file. A shard reads its
 records (the columnar fast path for plain-string ``pairs`` lines, else record by record through
 the format's adapter), validates them, drops pairs sharing an n-gram with a benchmark prompt, and
-writes the pairs as Arrow IPC (``data/part-N.arrow``: the columns as they are in memory, read back
-by dedup without decoding) and the rejects, with their reason, as Parquet. A byte range's rows
+streams the pairs into Arrow IPC (``data/part-N.arrow``: the columns as they are in memory, read
+back by dedup without decoding) and the rejects, with their reason, as Parquet. A byte range's rows
 are numbered from its start; the shard records how many lines it holds (``lines``) so that dedup
 can number them in the whole file.
 """
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 from typing import Any
+from uuid import uuid4
 
 import numpy as np
 import orjson
@@ -132,14 +134,16 @@ class NormalizeStage(Stage):
             "contaminated": 0,
         }
         batches, lines = self._batches(source, spec)
-        pairs: list[pa.Table] = []
-        with fsio.AtomicParquetWriter(
-            fs, fsio.join(root, rejects_rel), schema.REJECT_SCHEMA
-        ) as rejects:
+        with (
+            _AtomicArrowWriter(fs, fsio.join(root, data_rel)) as data,
+            fsio.AtomicParquetWriter(
+                fs, fsio.join(root, rejects_rel), schema.REJECT_SCHEMA
+            ) as rejects,
+        ):
             for table, bad, records in batches:
                 counts["input_records"] += records
-                pairs.append(self._flush(source, table, bad, rejects, counts))
-        data_bytes = _write_arrow(fs, fsio.join(root, data_rel), pairs)
+                data.write(self._flush(source, table, bad, rejects, counts))
+        data_bytes = fs.get_file_info(fsio.join(root, data_rel)).size
         result = {
             "shard": index,
             "files": [
@@ -273,15 +277,31 @@ class NormalizeStage(Stage):
         return table
 
 
-def _write_arrow(fs: pafs.FileSystem, path: str, tables: list[pa.Table]) -> int:
-    """Pair tables as one uncompressed Arrow IPC file, written atomically; returns its bytes."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, schema.PAIR_SCHEMA) as writer:
-        for table in tables:
-            writer.write_table(schema.conform(table, schema.PAIR_SCHEMA))
-    buffer = sink.getvalue()
-    fsio.write_bytes_atomic(fs, path, buffer)
-    return buffer.size
+class _AtomicArrowWriter:
+    """Pair tables streamed into one uncompressed Arrow IPC file that appears only on close
+    (written under a temporary name, then moved, as ``fsio.AtomicParquetWriter`` does)."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str):
+        fs.create_dir(posixpath.dirname(path), recursive=True)
+        head, tail = posixpath.split(path)
+        self.fs, self.path = fs, path
+        self._tmp = posixpath.join(head, f".tmp-{uuid4().hex[:8]}-{tail}")
+        self._sink = fs.open_output_stream(self._tmp)
+        self._writer = pa.ipc.new_file(self._sink, schema.PAIR_SCHEMA)
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(schema.conform(table, schema.PAIR_SCHEMA))
+
+    def __enter__(self) -> _AtomicArrowWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._writer.close()
+        self._sink.close()
+        if exc_type is None:
+            self.fs.move(self._tmp, self.path)
+        else:
+            self.fs.delete_file(self._tmp)
 
 
 def _prompt_texts(bench: SourceSpec, raw: Any) -> list[str]:
