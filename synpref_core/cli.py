@@ -73,7 +73,7 @@ def ingest(
         run_ingest(cfg, runner)
     except (MalformedInputError, StageError) as exc:
         raise _fail(str(exc)) from exc
-    _print_counts(ingest_counts(cfg.out), cfg.out)
+    print_counts(ingest_counts(cfg.out), cfg.out)
 
 
 def _ingest_config(inputs, fmt, out, status, name, benchmark, config) -> IngestConfig:
@@ -101,7 +101,8 @@ def _ingest_config(inputs, fmt, out, status, name, benchmark, config) -> IngestC
     )
 
 
-def _print_counts(counts: dict[str, int], out: str) -> None:
+def print_counts(counts: dict[str, int], out: str) -> None:
+    """The counts of a stage output as a table on stdout (``synpref inspect``, ``make demo``)."""
     table = Table(title=f"ingest → {out}")
     table.add_column("outcome")
     table.add_column("rows", justify="right")
@@ -138,7 +139,7 @@ def inspect(
             )
         )
     else:
-        _print_counts(counts, directory)
+        print_counts(counts, directory)
 
 
 @app.command()

@@ -2,11 +2,13 @@
 
 Order of checks, first failure wins: types, text encoding, a prompt with a user turn, empty
 sides, identical sides, oversize fields. Each failure is a :class:`RowError` with the code the
-quarantine file records.
+quarantine file records. :func:`content_error` holds the rules after the type checks, so a caller
+that already has well-typed strings (the columnar ingest path) applies the very same ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from synpref_core.ingest.readers import RowError
@@ -36,17 +38,35 @@ def validate_draft(draft: dict[str, Any], max_field_chars: int) -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise RowError("undecodable_text", f"{name} has an unpaired surrogate") from exc
+    error = content_error(
+        bool(has_user), draft["chosen"], draft["rejected"], named, max_field_chars
+    )
+    if error is not None:
+        raise error
+
+
+def content_error(
+    has_user: bool,
+    chosen: str,
+    rejected: str,
+    named: Sequence[tuple[str, str]],
+    max_field_chars: int,
+) -> RowError | None:
+    """The first content rule a well-typed pair breaks, or None: a non-empty user turn, both
+    sides non-empty and different once stripped, no field in ``named`` (every text field, by
+    name) over ``max_field_chars``."""
     if not has_user:
-        raise RowError("empty_prompt", "the conversation has no non-empty user turn")
-    chosen, rejected = draft["chosen"].strip(), draft["rejected"].strip()
+        return RowError("empty_prompt", "the conversation has no non-empty user turn")
+    chosen, rejected = chosen.strip(), rejected.strip()
     if not chosen:
-        raise RowError("empty_side", "chosen is empty")
+        return RowError("empty_side", "chosen is empty")
     if not rejected:
-        raise RowError("empty_side", "rejected is empty")
+        return RowError("empty_side", "rejected is empty")
     if chosen == rejected:
-        raise RowError("identical_sides", "chosen and rejected are the same text")
+        return RowError("identical_sides", "chosen and rejected are the same text")
     for name, value in named:
         if len(value) > max_field_chars:
-            raise RowError(
+            return RowError(
                 "oversize_field", f"{name} has {len(value)} characters (limit {max_field_chars})"
             )
+    return None
