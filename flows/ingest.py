@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from synpref_core import tracking
+from synpref_core.cli import print_counts
 from synpref_core.config import (
     DecontamConfig,
     IngestConfig,
@@ -28,6 +29,7 @@ from synpref_core.config import (
     StrictModel,
     load_config,
 )
+from synpref_core.ingest.pipeline import ingest_counts
 from tasks.ingest import dedup, normalize
 from tasks.tracking import record_manifest
 
@@ -88,12 +90,21 @@ def ingest_flow(config: IngestFlowConfig = IngestFlowConfig()) -> str:  # noqa: 
     return final
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, help="IngestFlowConfig YAML (default: embedded)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     config = load_config(args.config, IngestFlowConfig) if args.config else IngestFlowConfig()
-    print(ingest_flow(config))
+    manifest = ingest_flow(config)
+    out = config.ingest.out
+    print_counts(ingest_counts(out), out)
+    print(f"manifest: {manifest}\n")
+    print("Next:")
+    print(f"  .venv/bin/synpref inspect {out}                       # these counts (--json too)")
+    print(f"  .venv/bin/synpref export {out} --out pairs.parquet    # TRL / OpenRLHF rows")
+    print("  make flow-train-rm    # train a MiniLM reward model on the bundled pairs")
+    print("  make flow-retrieve    # one adaptive-retrieval round with the trained RM")
+    print("  make server           # the Prefect UI on http://127.0.0.1:4200")
 
 
 if __name__ == "__main__":

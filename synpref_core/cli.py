@@ -83,7 +83,7 @@ def ingest(
         raise _fail(_os_error(exc, cfg.out)) from exc
     except KeyboardInterrupt:
         raise _interrupted(cfg.out) from None
-    _print_counts(ingest_counts(cfg.out), cfg.out)
+    print_counts(ingest_counts(cfg.out), cfg.out)
 
 
 def _check_out_dir(out: str) -> None:
@@ -135,7 +135,8 @@ def _ingest_config(inputs, fmt, out, status, name, benchmark, config) -> IngestC
     )
 
 
-def _print_counts(counts: dict[str, int], out: str) -> None:
+def print_counts(counts: dict[str, int], out: str) -> None:
+    """The counts of a stage output as a table on stdout (``synpref inspect``, ``make demo``)."""
     table = Table(title=f"ingest → {out}")
     table.add_column("outcome")
     table.add_column("rows", justify="right")
@@ -172,7 +173,7 @@ def inspect(
             )
         )
     else:
-        _print_counts(counts, directory)
+        print_counts(counts, directory)
 
 
 @app.command()

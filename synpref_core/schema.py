@@ -11,6 +11,7 @@ same pair gets the same id across re-runs, sources and machines.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Literal
 
 import orjson
@@ -154,15 +155,20 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.cast(schema)
 
 
-def pair_key(conversation: list[dict], chosen: str, rejected: str) -> bytes:
+def pair_key(turns: Sequence[tuple[str, str]], chosen: str, rejected: str) -> bytes:
     """The canonical bytes a pair's id hashes: compact UTF-8 JSON of
     ``[[[role, content], ...], chosen, rejected]`` (unambiguous, whatever the text holds)."""
-    return orjson.dumps([[[m["role"], m["content"]] for m in conversation], chosen, rejected])
+    return orjson.dumps([turns, chosen, rejected])  # orjson writes tuples as arrays
 
 
 def pair_id(conversation: list[dict], chosen: str, rejected: str) -> str:
     """Content-derived id: 128-bit BLAKE2b of :func:`pair_key`, hex."""
-    return hashlib.blake2b(pair_key(conversation, chosen, rejected), digest_size=16).hexdigest()
+    return turns_pair_id([(m["role"], m["content"]) for m in conversation], chosen, rejected)
+
+
+def turns_pair_id(turns: Sequence[tuple[str, str]], chosen: str, rejected: str) -> str:
+    """:func:`pair_id` of a conversation given as (role, content) turns."""
+    return hashlib.blake2b(pair_key(turns, chosen, rejected), digest_size=16).hexdigest()
 
 
 def empty_attributes() -> dict[str, None]:

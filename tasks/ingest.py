@@ -6,13 +6,13 @@ from prefect import task
 
 from synpref_core.config import ExecutorConfig, IngestConfig
 from synpref_core.executors import run
-from synpref_core.ingest.pipeline import DedupStage, IngestStage
+from synpref_core.ingest.pipeline import DedupStage, NormalizeStage
 
 
 @task(name="ingest-normalize")
 def normalize(config: IngestConfig, executor: ExecutorConfig) -> str:
     """Read, validate and decontaminate every source into shards (skips finished shards)."""
-    return run(IngestStage(config), executor)
+    return run(NormalizeStage(config), executor)
 
 
 @task(name="ingest-dedup")

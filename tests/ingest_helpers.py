@@ -19,4 +19,8 @@ def write_hh_jsonl(directory: Path, copies: int = 1) -> Path:
 
 
 def read_dir(path: Path, pattern: str) -> pl.DataFrame:
-    return pl.read_parquet(sorted(path.glob(pattern)))
+    """The files matching ``pattern``, in order: Parquet, or Arrow IPC (normalize's pairs)."""
+    files = sorted(path.glob(pattern))
+    if files and files[0].suffix == ".arrow":
+        return pl.concat([pl.read_ipc(f) for f in files])
+    return pl.read_parquet(files)

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 _WORD_SEED = 0x5EED
 _BASE = np.uint64(0x100000001B3)  # FNV prime: odd, so the polynomial mixes every position
+_FILTER_BITS = 20  # 1 MiB table: with ~20k benchmark n-grams, ~2 % of lookups pass it
 
 
 def conversation_texts(conversation: pa.ChunkedArray | pa.Array) -> pl.Series:
@@ -58,7 +59,13 @@ def contaminated_rows(texts: pl.Series, benchmark: np.ndarray, n: int) -> np.nda
     if benchmark.size == 0 or texts.len() == 0:
         return np.empty(0, np.int64)
     rows, hashes = ngram_hashes(texts, n)
-    pos = np.searchsorted(benchmark, hashes)
+    # A table of the benchmark hashes' top bits rules out nearly every n-gram with one gather
+    # (~4x cheaper than binary search over millions); only the few left are searched.
+    shift = np.uint64(64 - _FILTER_BITS)
+    table = np.zeros(1 << _FILTER_BITS, dtype=bool)
+    table[benchmark >> shift] = True
+    maybe = np.flatnonzero(table[hashes >> shift])
+    pos = np.searchsorted(benchmark, hashes[maybe])
     pos[pos == benchmark.size] = 0
-    hit = benchmark[pos] == hashes
+    hit = maybe[benchmark[pos] == hashes[maybe]]
     return np.unique(rows[hit]).astype(np.int64)

@@ -2,8 +2,10 @@
 
 Supported containers: JSON lines (``.jsonl``, ``.ndjson``, optionally ``.gz``), one JSON document
 (``.json``) and Parquet (``.parquet``). Large uncompressed JSON-lines files are split into byte
-ranges that start on line boundaries, so one big file still spreads over many workers; the
-line number each range starts at is counted at planning time, so every record keeps its true line.
+ranges that start on line boundaries, so one big file still spreads over many workers. Planning
+only seeks: each range's lines are counted by the worker that reads it, so line numbers within a
+range count from the range's start, and whoever has every range's count (the dedup stage) adds
+the lines of the ranges before it to get each record's true line.
 
 A malformed file (a line that is not JSON, a document of the wrong top-level type) raises
 :class:`MalformedInputError` naming the file and line: that is a broken file, not a bad row.
@@ -19,6 +21,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -80,17 +83,21 @@ def plan_file(path: str, shard_bytes: int) -> list[dict[str, Any]]:
     """Shard specs for one file: byte ranges for plain JSON lines, the whole file otherwise."""
     fs, inner = fsio.resolve(path)
     size = fs.get_file_info(inner).size
-    if not path.endswith((".jsonl", ".ndjson")) or size <= shard_bytes:
-        return [{"path": path, "start": 0, "end": size, "first_line": 1}]
+    if not is_byte_range(path) or size <= shard_bytes:
+        return [{"path": path, "start": 0, "end": size}]
     specs = []
     with fs.open_input_file(inner) as f:
-        start, line = 0, 1
+        start = 0
         while start < size:
             end = _next_line_start(f, min(start + shard_bytes, size), size)
-            specs.append({"path": path, "start": start, "end": end, "first_line": line})
-            line += _count_newlines(f, start, end)
+            specs.append({"path": path, "start": start, "end": end})
             start = end
     return specs
+
+
+def is_byte_range(path: str) -> bool:
+    """Whether shards of this file are byte ranges of it (plain JSON lines)."""
+    return path.endswith((".jsonl", ".ndjson"))
 
 
 def _next_line_start(f, pos: int, size: int) -> int:
@@ -107,32 +114,44 @@ def _next_line_start(f, pos: int, size: int) -> int:
             return f.tell() - len(chunk) + newline + 1
 
 
-def _count_newlines(f, start: int, end: int) -> int:
-    f.seek(start)
-    count, remaining = 0, end - start
-    while remaining > 0:
-        chunk = f.read(min(_SCAN_CHUNK, remaining))
-        count += chunk.count(b"\n")
-        remaining -= len(chunk)
+def read_range(spec: dict[str, Any]) -> bytes:
+    """The bytes of a byte-range shard."""
+    fs, inner = fsio.resolve(spec["path"])
+    with fs.open_input_file(inner) as f:
+        f.seek(spec["start"])
+        return f.read(spec["end"] - spec["start"])
+
+
+def newline_offsets(data: bytes) -> np.ndarray:
+    """Offsets of every newline in ``data`` (vectorised: ~10x a Python count of 32 MiB)."""
+    return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+
+
+def _lines_before(path: str, offset: int) -> int:
+    """Newlines in the file before ``offset``; only to name a broken line in an error."""
+    fs, inner = fsio.resolve(path)
+    count = 0
+    with fs.open_input_file(inner) as f:
+        while f.tell() < offset:
+            count += f.read(min(_SCAN_CHUNK, offset - f.tell())).count(b"\n")
     return count
 
 
-def iter_jsonl(spec: dict[str, Any]) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object or RowError) for the lines of a JSON-lines shard."""
+def iter_jsonl(spec: dict[str, Any], data: bytes | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object or RowError) for the lines of a JSON-lines shard; a byte
+    range's lines count from 1 at its start. ``data``: the range, if already read."""
     path = spec["path"]
-    fs, inner = fsio.resolve(path)
     if path.endswith(".gz"):
+        fs, inner = fsio.resolve(path)
         with fs.open_input_file(inner) as raw, gzip.GzipFile(fileobj=raw) as f:
-            yield from _parse_lines(path, f, spec["first_line"])
+            yield from _parse_lines(path, f, 0)
     else:
-        with fs.open_input_file(inner) as f:
-            f.seek(spec["start"])
-            data = f.read(spec["end"] - spec["start"])
-            yield from _parse_lines(path, data.split(b"\n"), spec["first_line"])
+        data = read_range(spec) if data is None else data
+        yield from _parse_lines(path, data.split(b"\n"), spec["start"])
 
 
-def _parse_lines(path: str, lines, first_line: int) -> Iterator[tuple[int, Any]]:
-    for number, line in enumerate(lines, start=first_line):
+def _parse_lines(path: str, lines, start: int) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -155,7 +174,8 @@ def _parse_lines(path: str, lines, first_line: int) -> Iterator[tuple[int, Any]]
         try:
             yield number, json.loads(text)
         except json.JSONDecodeError as exc:
-            raise MalformedInputError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
+            line = number + (_lines_before(path, start) if start else 0)
+            raise MalformedInputError(f"{path}:{line}: invalid JSON: {exc.msg}") from exc
 
 
 def read_document(path: str) -> Any:

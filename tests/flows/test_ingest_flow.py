@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -65,3 +66,41 @@ def test_ingest_flow_leaves_shards_and_an_mlflow_run(tmp_path, prefect_server, r
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "manifests")}
     assert logged == {"manifests/ingest", "manifests/normalize"}
     assert str(tmp_path) in run.info.artifact_uri  # artifacts beside the database, not in cwd
+
+
+@pytest.mark.slow
+def test_main_ends_with_the_counts_and_the_next_commands(tmp_path, prefect_server, capsys):
+    """`make demo` (flows.ingest main) prints the counts table and what to run next."""
+    import yaml
+
+    from flows.ingest import IngestFlowConfig, main
+
+    out = tmp_path / "ingest"
+    config = IngestFlowConfig(
+        ingest=IngestConfig(
+            sources=[SourceSpec(format="pandalm", paths=[str(DATA / "pandalm")], status="gold")],
+            out=str(out),
+        ),
+        runtime=RuntimeConfig(
+            executor=ExecutorConfig(kind="local"),
+            tracking=TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        ),
+    )
+    path = tmp_path / "flow.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+
+    main(["--config", str(path)])
+
+    printed = capsys.readouterr().out
+    counts = load_manifest(str(out)).counts
+    for outcome in ("input_rows", "rows", "quarantined", "duplicates", "contaminated"):
+        assert re.search(rf"│ {outcome} +│ +{counts.get(outcome, 0):,} │", printed), outcome
+    tail = printed[printed.index("Next:") :]
+    for command in (
+        f"synpref inspect {out}",
+        f"synpref export {out}",
+        "make flow-train-rm",
+        "make flow-retrieve",
+        "make server",
+    ):
+        assert command in tail

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import DATA, REPO
+from tests.conftest import REPO
 
 ROUND = 2
 RUN_TIMEOUT_S = 480
@@ -139,29 +139,9 @@ def prefect_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _tiny_retrieve_config(tmp_path: Path) -> dict[str, Any]:
-    from flows.retrieve import RetrieveFlowConfig
-    from synpref_core.config import IngestConfig, RuntimeConfig, SourceSpec, TrackingConfig
-    from synpref_core.retrieval.store import StoreConfig
-    from tests.rm_helpers import tiny_model_dir
+    from tests.flow_helpers import tiny_retrieve_config
 
-    natural = DATA / "llmbar" / "Dataset" / "LLMBar" / "Natural"
-    config = RetrieveFlowConfig(
-        ingest=IngestConfig(
-            sources=[
-                SourceSpec(format="offsetbias", paths=[str(DATA / "offsetbias")]),
-                SourceSpec(format="llmbar", status="gold", paths=[str(natural)]),
-            ],
-            out=str(tmp_path / "ingest"),
-        ),
-        rm=str(tiny_model_dir(tmp_path)),
-        rm_max_length=64,
-        store=StoreConfig(uri=str(tmp_path / "vectors")),
-        out=str(tmp_path / "retrieve"),
-        runtime=RuntimeConfig(
-            tracking=TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-        ),
-    )
-    return config.model_dump(mode="json")
+    return tiny_retrieve_config(tmp_path).model_dump(mode="json")
 
 
 def _browser(paths: tuple[str, str]) -> Any:

@@ -5,19 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from synpref_core.config import (
-    ExecutorConfig,
-    IngestConfig,
-    RuntimeConfig,
-    SourceSpec,
-    TrackingConfig,
-)
 from synpref_core.retrieval.retrieve import adaptive_k
 from synpref_core.retrieval.round import read_candidates
-from synpref_core.retrieval.store import StoreConfig, VectorStore
+from synpref_core.retrieval.store import VectorStore
 from synpref_core.stages import iter_batches
-from tests.conftest import DATA
-from tests.rm_helpers import tiny_model_dir
+from tests.flow_helpers import tiny_retrieve_config
 
 
 def _ids(stage: str) -> set[str]:
@@ -28,27 +20,10 @@ def _ids(stage: str) -> set[str]:
 def test_two_rounds_retrieve_disjoint_candidates(tmp_path, prefect_server, ray_local):
     import mlflow
 
-    from flows.retrieve import RetrieveFlowConfig, retrieve_flow
+    from flows.retrieve import retrieve_flow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    natural = DATA / "llmbar" / "Dataset" / "LLMBar" / "Natural"
-    config = RetrieveFlowConfig(
-        ingest=IngestConfig(
-            sources=[
-                SourceSpec(format="offsetbias", paths=[str(DATA / "offsetbias")]),
-                SourceSpec(format="llmbar", status="gold", paths=[str(natural)]),
-            ],
-            out=str(tmp_path / "ingest"),
-        ),
-        rm=str(tiny_model_dir(tmp_path)),
-        rm_max_length=64,
-        store=StoreConfig(uri=str(tmp_path / "vectors")),
-        out=str(tmp_path / "retrieve"),
-        runtime=RuntimeConfig(
-            executor=ExecutorConfig(kind="ray"),
-            tracking=TrackingConfig(tracking_uri=uri, experiment="retrieve"),
-        ),
-    )
+    config = tiny_retrieve_config(tmp_path, experiment="retrieve")
     first = retrieve_flow(config)
     pool, gold = (
         _ids(str(tmp_path / "retrieve" / "pool")),

@@ -11,9 +11,13 @@ import json
 
 import polars as pl
 
+from synpref_core import schema
 from synpref_core.config import DecontamConfig, IngestConfig, SourceSpec, ValidationConfig
-from synpref_core.ingest import columnar
-from synpref_core.ingest.pipeline import IngestStage, run_ingest
+from synpref_core.curation.validate import validate_draft
+from synpref_core.ingest import columnar, rows
+from synpref_core.ingest.pipeline import NormalizeStage, run_ingest
+from synpref_core.ingest.readers import RowError, newline_offsets, read_range
+from tests.ingest_helpers import read_dir
 
 BENCH = "the quick brown fox jumps over the lazy dog near the quiet river bank today"
 ROWS = [
@@ -45,8 +49,24 @@ def _run(tmp_path, name: str, lines: list[str]):
     return config, path
 
 
+def _fast_path_taken(config: IngestConfig) -> bool:
+    stage = NormalizeStage(config)
+    spec = stage.plan()[0]
+    data = read_range(spec)
+    batches = columnar.pairs_batches(
+        data,
+        newline_offsets(data),
+        spec["path"],
+        config.sources[0],
+        stage.run_id,
+        config.validation.max_field_chars,
+        config.batch_rows,
+    )
+    return batches is not None
+
+
 def _read(out, pattern: str) -> pl.DataFrame:
-    return pl.read_parquet(sorted(out.glob(pattern))).drop("source_file", "run_id")
+    return read_dir(out, pattern).drop("source_file", "run_id")
 
 
 def test_fast_path_equals_row_path(tmp_path):
@@ -54,10 +74,8 @@ def test_fast_path_equals_row_path(tmp_path):
     fast_config, _ = _run(tmp_path, "fast", lines)
     row_config, _ = _run(tmp_path, "rows", [*lines, ""])
 
-    stage = IngestStage(fast_config)
-    assert columnar.pairs_batches(stage, stage.plan()[0], fast_config.sources[0]) is not None
-    stage = IngestStage(row_config)
-    assert columnar.pairs_batches(stage, stage.plan()[0], row_config.sources[0]) is None
+    assert _fast_path_taken(fast_config)
+    assert not _fast_path_taken(row_config)
 
     fast, rows = tmp_path / "fast", tmp_path / "rows"
     for pattern in (
@@ -84,8 +102,35 @@ def test_non_string_values_take_the_row_path_and_are_quarantined(tmp_path):
         json.dumps({"prompt": [{"role": "user", "content": "m"}], "chosen": "a", "rejected": "b"}),
     ]
     config, _ = _run(tmp_path, "mixed", lines)
-    stage = IngestStage(config)
-    assert columnar.pairs_batches(stage, stage.plan()[0], config.sources[0]) is None
+    assert not _fast_path_taken(config)
     rejects = _read(tmp_path / "mixed", "_stages/normalize/rejects/*")
     assert rejects["reason_code"].to_list() == ["wrong_type", "wrong_type"]
     assert _read(tmp_path / "mixed", "data/*").height == 2
+
+
+def test_one_turn_check_and_id_are_the_validator_and_schema_ones():
+    """rows' single-user-turn helpers, used by the fast path, say what validate_draft and
+    schema.pair_id say of the same pair: reason code, reason text and id."""
+    cases = [
+        ("p", "a", "b"),
+        ("  ", "a", "b"),
+        ("p", " ", "b"),
+        ("p", "a", "\t"),
+        ("p", "same", " same "),
+        ("x" * 9, "a", "b"),
+        ("p", "y" * 9, "z" * 9),
+        ("é 🙂", "ü", "ß"),
+    ]
+    for prompt, chosen, rejected in cases:
+        draft = {"conversation": [{"role": "user", "content": prompt}], "chosen": chosen}
+        draft["rejected"] = rejected
+        try:
+            validate_draft(draft, 8)
+            expected = None
+        except RowError as err:
+            expected = (err.code, err.reason)
+        got = rows.user_pair_error(prompt, chosen, rejected, 8)
+        assert (None if got is None else (got.code, got.reason)) == expected, (prompt, chosen)
+        assert rows.user_pair_id(prompt, chosen, rejected) == schema.pair_id(
+            draft["conversation"], chosen, rejected
+        )

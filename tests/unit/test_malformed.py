@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from synpref_core.config import DecontamConfig, IngestConfig, SourceSpec, ValidationConfig
-from synpref_core.ingest.pipeline import ingest_counts, run_ingest
+from synpref_core.ingest.pipeline import NormalizeStage, ingest_counts, run_ingest
 from synpref_core.ingest.readers import MalformedInputError
 
 BENCH_PROMPT = (
@@ -119,3 +119,44 @@ def test_missing_input_file_is_a_clear_error(tmp_path):
     )
     with pytest.raises(MalformedInputError, match="no such file"):
         run_ingest(config, progress=False)
+
+
+def test_stage_run_without_plan_still_decontaminates(tmp_path, corpus):
+    """A stage built where its shards run (a Ray worker, a direct call) never ran plan():
+    run_shard reads the benchmark n-grams itself instead of skipping decontamination."""
+    path, bench = corpus
+    config = _config(path, bench, tmp_path / "out")
+    spec = NormalizeStage(config).plan()[0]  # the specs come from a stage elsewhere
+
+    result = NormalizeStage(config).run_shard(0, spec)
+
+    assert result["counts"]["contaminated"] == 1
+    rejects = pl.read_parquet(tmp_path / "out" / "_stages" / "normalize" / "rejects")
+    (row,) = rejects.filter(pl.col("reason_code") == "contaminated").to_dicts()
+    assert row["source_row"] == [outcome for _, outcome in CORPUS].index("contaminated")
+
+
+def test_byte_ranges_name_true_lines_in_rejects_and_errors(tmp_path):
+    """Rows of a later byte range are numbered by its worker from the range start; the final
+    rejects and a broken line's error still name the line in the whole file."""
+    lines = [_line(f"question {i}", f"answer {i}", f"other {i}") for i in range(4000)]
+    lines[3100] = _line("Say hi", "", "hello")
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    config = IngestConfig(
+        sources=[SourceSpec(format="pairs", paths=[str(path)])],
+        out=str(tmp_path / "out"),
+        shard_bytes=2**16,
+    )
+    run_ingest(config, progress=False)
+    assert len(NormalizeStage(config).plan()) > 2
+    rejects = pl.read_parquet(sorted((tmp_path / "out").glob("rejects/*.parquet")))
+    assert rejects["source_row"].to_list() == [3100]
+    kept = pl.read_parquet(sorted((tmp_path / "out").glob("data/*.parquet")))
+    assert kept["source_row"].to_list() == [i for i in range(4000) if i != 3100]
+
+    lines[3500] = b'{"prompt": "x", '
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    broken = config.model_copy(update={"out": str(tmp_path / "broken")})
+    with pytest.raises(MalformedInputError, match=r"big\.jsonl:3501: invalid JSON"):
+        run_ingest(broken, progress=False)
