@@ -35,6 +35,7 @@ from synpref_core.ingest.readers import (
     MalformedInputError,
     RowError,
     expand_paths,
+    file_fingerprint,
     is_byte_range,
     iter_jsonl,
     iter_parquet,
@@ -51,8 +52,16 @@ NORMALIZE_DIR = "_stages/normalize"  # the normalize stage's directory inside th
 
 
 def ingest_identity(config: IngestConfig) -> str:
-    """Hash of what the output depends on: the config without its output location."""
-    return config_hash(config.model_copy(update={"out": ""}))
+    """Hash of what the output depends on: the config without its output location, and the
+    version (:func:`file_fingerprint`) of every input and benchmark file it names. An edited
+    input changes it, so the ingest stages and everything derived from them (whose identities
+    hold this run id) are computed again."""
+    specs = [*config.sources, *config.decontamination.benchmarks]
+    files = sorted({path for spec in specs for path in expand_paths(spec.paths)})
+    inputs = {path: file_fingerprint(path) for path in files}
+    return config_hash(
+        {"config": config.model_dump(mode="json", exclude={"out"}), "inputs": inputs}
+    )
 
 
 def iter_records(

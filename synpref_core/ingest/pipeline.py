@@ -26,6 +26,7 @@ from synpref_core.config import ExecutorConfig, IngestConfig
 from synpref_core.executors import run
 from synpref_core.ingest.dedup import DedupStage
 from synpref_core.ingest.normalize import NormalizeStage
+from synpref_core.io.lock import output_lock
 from synpref_core.stages import load_manifest
 
 __all__ = ["DedupStage", "NormalizeStage", "ingest_counts", "run_ingest"]
@@ -34,9 +35,11 @@ __all__ = ["DedupStage", "NormalizeStage", "ingest_counts", "run_ingest"]
 def run_ingest(
     config: IngestConfig, executor: ExecutorConfig | None = None, progress: bool = True
 ) -> str:
-    """Run both ingest stages; return the final manifest URI (``OUT/manifest.json``)."""
-    normalized = run(NormalizeStage(config), executor, progress)
-    return run(DedupStage(config, normalized), executor, progress)
+    """Run both ingest stages; return the final manifest URI (``OUT/manifest.json``). The
+    output is locked for both, so no other run starts between them."""
+    with output_lock(config.out):
+        normalized = run(NormalizeStage(config), executor, progress)
+        return run(DedupStage(config, normalized), executor, progress)
 
 
 def ingest_counts(out: str) -> dict[str, int]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import glob
 import gzip
+import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +33,7 @@ from synpref_core.io import fs as fsio
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz")
 INPUT_SUFFIXES = (*JSONL_SUFFIXES, ".json", ".parquet")
 _SCAN_CHUNK = 8 * 2**20
+HASHED_BYTES = 16 * 2**20  # inputs up to this size are fingerprinted by content too (~20 ms)
 
 
 class MalformedInputError(ValueError):
@@ -79,18 +82,34 @@ def expand_paths(paths: list[str]) -> list[str]:
     return sorted(dict.fromkeys(found))
 
 
-def plan_file(path: str, shard_bytes: int) -> list[dict[str, Any]]:
-    """Shard specs for one file: byte ranges for plain JSON lines, the whole file otherwise."""
+def file_fingerprint(path: str) -> dict[str, Any]:
+    """What names a file's content: its size and modification time, and for a file up to
+    :data:`HASHED_BYTES` a hash of its bytes too (an edit within the same size and clock tick
+    changes it). Part of every ingest shard's spec and of the ingest identity, so a re-run never
+    serves rows read from an older version of the file."""
     fs, inner = fsio.resolve(path)
-    size = fs.get_file_info(inner).size
+    info = fs.get_file_info(inner)
+    record: dict[str, Any] = {"size": info.size, "mtime_ns": info.mtime_ns}
+    if info.size is not None and info.size <= HASHED_BYTES:
+        with fs.open_input_stream(inner, compression=None) as f:  # the bytes as stored
+            record["blake2b"] = hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+    return record
+
+
+def plan_file(path: str, shard_bytes: int) -> list[dict[str, Any]]:
+    """Shard specs for one file: byte ranges for plain JSON lines, the whole file otherwise;
+    each names the file's :func:`file_fingerprint`."""
+    fs, inner = fsio.resolve(path)
+    version = file_fingerprint(path)
+    size = version["size"]
     if not is_byte_range(path) or size <= shard_bytes:
-        return [{"path": path, "start": 0, "end": size}]
+        return [{"path": path, "start": 0, "end": size, "input": version}]
     specs = []
     with fs.open_input_file(inner) as f:
         start = 0
         while start < size:
             end = _next_line_start(f, min(start + shard_bytes, size), size)
-            specs.append({"path": path, "start": start, "end": end})
+            specs.append({"path": path, "start": start, "end": end, "input": version})
             start = end
     return specs
 
@@ -143,8 +162,12 @@ def iter_jsonl(spec: dict[str, Any], data: bytes | None = None) -> Iterator[tupl
     path = spec["path"]
     if path.endswith(".gz"):
         fs, inner = fsio.resolve(path)
-        with fs.open_input_file(inner) as raw, gzip.GzipFile(fileobj=raw) as f:
-            yield from _parse_lines(path, f, 0)
+        try:
+            with fs.open_input_file(inner) as raw, gzip.GzipFile(fileobj=raw) as f:
+                yield from _parse_lines(path, f, 0)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            reason = "it is truncated" if isinstance(exc, EOFError) else str(exc)
+            raise MalformedInputError(f"{path}: not a readable gzip file: {reason}") from None
     else:
         data = read_range(spec) if data is None else data
         yield from _parse_lines(path, data.split(b"\n"), spec["start"])
@@ -173,9 +196,13 @@ def _parse_lines(path: str, lines, start: int) -> Iterator[tuple[int, Any]]:
             continue
         try:
             yield number, json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             line = number + (_lines_before(path, start) if start else 0)
-            raise MalformedInputError(f"{path}:{line}: invalid JSON: {exc.msg}") from exc
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+            # Lines count from 1, as editors do; rows' source_row is the line less one.
+            raise MalformedInputError(
+                f"{path}:{line}: invalid JSON: {reason} (source_row {line - 1})"
+            ) from None
 
 
 def read_document(path: str) -> Any:

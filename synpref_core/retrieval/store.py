@@ -13,7 +13,9 @@ every write of a :class:`VectorStore` (upserts, status updates, index builds, co
 job on one queue drained by one writer thread; consecutive upserts of a table are coalesced into
 one ``merge_insert`` of up to ``write_batch_rows`` rows (one commit, one version). Any number of
 threads may call :meth:`VectorStore.upsert`; across processes, give the store to one owner (the
-flow, or a Ray actor holding it) and send rows there.
+flow, or a Ray actor holding it) and send rows there. An open store holds the output lock of its
+directory (:mod:`synpref_core.io.lock`), so a second process opening it fails at once, naming
+the holder.
 
 **One vector space per table.** Rows carry ``model_version`` (the encoder's fingerprint); rows of
 another fingerprint than the table's raise :class:`StoreError`, or, with
@@ -30,6 +32,7 @@ Queries go to LanceDB ``query_batch`` vectors at a time (one scan for a flat bat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -47,6 +50,7 @@ from pydantic import Field
 
 from synpref_core.config import DEFAULT_HOME, StrictModel
 from synpref_core.io import fs as fsio
+from synpref_core.io.lock import output_lock
 from synpref_core.retrieval.flat import FlatTable
 from synpref_core.retrieval.tables import (
     FILTER_COLUMNS,
@@ -132,6 +136,9 @@ class VectorStore:
         import lancedb
 
         self.config = config or StoreConfig()
+        # One writing process per store (synpref_core.io.lock): a second fails at once.
+        self._owner = contextlib.ExitStack()
+        self._owner.enter_context(output_lock(self.config.uri))
         self._db = lancedb.connect(self.config.uri, storage_options=self.config.storage_options)
         self._tables: dict[str, Any] = {}
         self._models: dict[str, tuple[str, str]] = {}
@@ -154,6 +161,7 @@ class VectorStore:
         if self._writer.is_alive():
             self._queue.put(_STOP)
             self._writer.join()
+        self._owner.close()
 
     # -- writing (every write is a job for the one writer thread) ---------------------------
 

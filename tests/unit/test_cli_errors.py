@@ -172,3 +172,18 @@ def test_eval_with_a_file_of_the_wrong_format_names_it_and_the_reason(tmp_path):
     done = synpref("eval", data, "--model", "minilm", "--format", "pairs")
     line = assert_one_line_error(done, "wrong.jsonl", "missing_field")
     assert "tmp" not in line.split("wrong.jsonl")[0].lower() or str(tmp_path) in line
+
+
+def test_error_lines_and_source_rows_are_named_so_they_cannot_be_confused(tmp_path):
+    good = json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"})
+    empty = json.dumps({"prompt": "q", "chosen": "", "rejected": "b"})
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(good + "\n" + empty + "\n")
+    out = tmp_path / "out"
+    assert synpref("ingest", "--format", "pairs", rows, "--out", out).returncode == 0
+    rejects = pl.read_parquet(out / "_stages" / "normalize" / "rejects")
+    assert rejects["source_row"].to_list() == [1]  # line 2 of the file: rows count from 0
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(good + "\n{not json\n")
+    done = synpref("ingest", "--format", "pairs", broken, "--out", tmp_path / "o2")
+    assert_one_line_error(done, "broken.jsonl:2:", "(source_row 1)")

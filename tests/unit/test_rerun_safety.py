@@ -118,3 +118,19 @@ def test_a_reused_output_keeps_only_what_its_manifest_lists(tmp_path):
     assert sorted(p.name for p in (out / "_markers").iterdir()) == ["part-00000.json"]
     normalize = out / "_stages" / "normalize"
     assert len(list((normalize / "data").iterdir())) == 1
+
+
+def test_a_vector_store_has_one_owning_process(tmp_path):
+    from synpref_core.retrieval.store import StoreConfig, VectorStore
+
+    uri = tmp_path / "vectors"
+    holder = _hold_lock_in_another_process(uri)
+    try:
+        with pytest.raises(LockedError, match=str(holder.pid)):
+            VectorStore(StoreConfig(uri=str(uri)))
+    finally:
+        holder.kill()
+        holder.wait()
+    with VectorStore(StoreConfig(uri=str(uri))) as store:  # the dead holder's lock is stale
+        assert not store.exists("pool")
+    assert not (uri / LOCK_FILE).exists()
