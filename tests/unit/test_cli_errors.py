@@ -187,3 +187,41 @@ def test_error_lines_and_source_rows_are_named_so_they_cannot_be_confused(tmp_pa
     broken.write_text(good + "\n{not json\n")
     done = synpref("ingest", "--format", "pairs", broken, "--out", tmp_path / "o2")
     assert_one_line_error(done, "broken.jsonl:2:", "(source_row 1)")
+
+
+# -- what the foundation already handled, kept in the same corpus -----------------------------
+
+
+def test_whole_input_failures_the_foundation_handles(tmp_path):
+    src = _pairs_jsonl(tmp_path / "a.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "b"}])
+    out = tmp_path / "o"
+    assert_one_line_error(
+        synpref("ingest", "--format", "pairs", tmp_path / "nope.jsonl", "--out", out), "nope.jsonl"
+    )
+    assert_one_line_error(synpref("ingest", "--format", "bogus", src, "--out", out), "bogus")
+    assert_one_line_error(synpref("ingest", "--format", "pairs", src), "--out")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"sources: [{{format: pairs, paths: [{src}]}}]\nout: {out}\nshard_byts: 5\n")
+    assert_one_line_error(synpref("ingest", "--config", typo), "typo.yaml", "shard_byts")
+    assert_one_line_error(synpref("inspect", tmp_path / "never-ran"), "never-ran")
+
+
+def test_row_level_problems_are_quarantined_and_every_row_is_counted(tmp_path):
+    rows = [
+        {"prompt": "q1", "chosen": "a", "rejected": "b"},
+        {"prompt": "q2", "chosen": "", "rejected": "b"},
+        {"prompt": "q3", "chosen": "same", "rejected": "same"},
+        {"prompt": "", "chosen": "a", "rejected": "b"},
+        {"prompt": "q1", "chosen": "a", "rejected": "b"},
+        {"prompt": "q5", "chosen": 5, "rejected": "b"},
+    ]
+    src = _pairs_jsonl(tmp_path / "mixed.jsonl", rows)
+    out = tmp_path / "out"
+    assert synpref("ingest", "--format", "pairs", src, "--out", out).returncode == 0
+    counts = json.loads(synpref("inspect", out, "--json").stdout)
+    assert counts["input_rows"] == 6
+    assert counts["rows"] == 1 and counts["duplicates"] == 1 and counts["quarantined"] == 4
+    accounted = (
+        counts["rows"] + counts["quarantined"] + counts["duplicates"] + counts["contaminated"]
+    )
+    assert accounted == counts["input_rows"]
