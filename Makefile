@@ -49,6 +49,7 @@ bench: install  ## benchmarks/ (ratios against an in-run baseline; see benchmark
 	$(BIN)/python -m benchmarks.bench_training
 	$(BIN)/python -m benchmarks.bench_retrieval
 	$(BIN)/python -m benchmarks.bench_quality
+	$(BIN)/python -m benchmarks.bench_dtype
 
 lint: install
 	$(BIN)/ruff check .
