@@ -83,17 +83,16 @@ def expand_paths(paths: list[str]) -> list[str]:
 
 
 def file_fingerprint(path: str) -> dict[str, Any]:
-    """What names a file's content: its size and modification time, and for a file up to
-    :data:`HASHED_BYTES` a hash of its bytes too (an edit within the same size and clock tick
-    changes it). Part of every ingest shard's spec and of the ingest identity, so a re-run never
-    serves rows read from an older version of the file."""
+    """What names a file's content: its size and a hash of its bytes for a file up to
+    :data:`HASHED_BYTES` (an edit within the same size and clock tick changes it; a copy of the
+    same bytes does not), its size and modification time above. Part of every ingest shard's spec
+    and of the ingest identity, so a re-run never serves rows read from an older version."""
     fs, inner = fsio.resolve(path)
     info = fs.get_file_info(inner)
-    record: dict[str, Any] = {"size": info.size, "mtime_ns": info.mtime_ns}
-    if info.size is not None and info.size <= HASHED_BYTES:
-        with fs.open_input_stream(inner, compression=None) as f:  # the bytes as stored
-            record["blake2b"] = hashlib.blake2b(f.read(), digest_size=16).hexdigest()
-    return record
+    if info.size is None or info.size > HASHED_BYTES:
+        return {"size": info.size, "mtime_ns": info.mtime_ns}
+    with fs.open_input_stream(inner, compression=None) as f:  # the bytes as stored
+        return {"size": info.size, "blake2b": hashlib.blake2b(f.read(), digest_size=16).hexdigest()}
 
 
 def plan_file(path: str, shard_bytes: int) -> list[dict[str, Any]]:
