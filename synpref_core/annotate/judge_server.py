@@ -11,10 +11,11 @@ text**: the server finds the delimited pair sections that
 :mod:`synpref_core.annotate.prompts` writes, scores Candidate 1 and Candidate 2 with the RM,
 and answers ``Final answer: Candidate k`` with k = 1 drawn with probability
 σ((r₁ − r₂) / T) at the request's ``temperature`` T (T = 0: the higher reward; equal rewards:
-a tie, no candidate named). Draws come from a generator seeded by the request's ``seed``, else
-by a hash of the request, so a request answers the same every time, while n samples
-(``n`` > 1, or other seeds) vary at T > 0: self-consistency over samples means something. The
-server never opens a dataset, so it cannot see stored labels.
+a tie, no candidate named). Draws come from a generator seeded by a hash of the request (its
+``seed`` included), so a request answers the same every time, while the ``n`` choices of one
+request, or requests with other seeds, vary at T > 0: self-consistency over samples means
+something. (Unlike a hosted API, a request without ``seed`` is not random: send one seed per
+sample.) The server never opens a dataset, so it cannot see stored labels.
 
 An attribute-drafting request (the ``attributes`` template) gets the five attributes of
 DESIGN §1 as fenced JSON, by simple keyword rules over the last user turn and templated free
@@ -111,12 +112,10 @@ class RewardJudge:
 
 
 def request_rng(request: ChatRequest) -> np.random.Generator:
-    """Draws for one request: from its ``seed`` and model name, else a hash of the request."""
-    if request.seed is not None:
-        material = f"{request.seed}\x1f{request.model}"
-    else:
-        material = request.model_dump_json(include={"model", "messages", "temperature", "n"})
-    digest = hashlib.sha256(material.encode()).digest()
+    """Draws for one request, from a hash of its model, messages, temperature, n and seed: the
+    same request answers the same; another ``seed`` (say, one per sample) draws anew."""
+    fields = {"model", "messages", "temperature", "n", "seed"}
+    digest = hashlib.sha256(request.model_dump_json(include=fields).encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
