@@ -62,6 +62,11 @@ _CATEGORY_WORDS = (
     ("information seeking", r"what|who|when|where|which|explain|tell me"),
 )
 _OBJECTIVE = {"coding & debugging", "math", "data analysis", "reasoning", "information seeking"}
+_GUIDELINES = {
+    True: "Prefer the response that is correct and complete; length and formatting do not count.",
+    False: "Prefer the response that better serves the user's stated wishes and taste; length "
+    "and formatting do not count.",
+}
 _CONTROVERSIAL = r"politic\w*|religio\w*|abortion|gun|vaccin\w*|immigra\w*|racis\w*|war"
 
 
@@ -119,7 +124,9 @@ def request_rng(request: ChatRequest) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def verdict_answers(rewards: tuple[float, float], temperature: float, n: int, rng) -> list[str]:
+def verdict_answers(
+    rewards: tuple[float, float], temperature: float, n: int, rng: np.random.Generator
+) -> list[str]:
     """n answers naming Candidate 1 with probability σ((r₁ − r₂) / T); T = 0: the argmax."""
     r1, r2 = rewards
     head = f"Reward of Candidate 1: {r1:.4f}; reward of Candidate 2: {r2:.4f}.\n"
@@ -146,11 +153,7 @@ def draft_attributes(conversation: list[dict]) -> dict[str, str]:
         "controversiality": "high" if controversial else ("low" if objective else "medium"),
         "desired_attributes": f"A {category} answer that does exactly what the user asked, "
         "accurately, completely and concisely.",
-        "annotation_guideline": "Prefer the response that is correct and complete; length and "
-        "formatting do not count."
-        if objective
-        else "Prefer the response that better serves the user's stated wishes and taste; "
-        "length and formatting do not count.",
+        "annotation_guideline": _GUIDELINES[objective],
     }
 
 

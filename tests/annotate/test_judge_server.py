@@ -3,14 +3,16 @@ tiny real reward models, a real uvicorn server on a loopback port, the real prom
 
 from __future__ import annotations
 
+import math
 from urllib.parse import urlparse
 
+import numpy as np
 import openai
 import pytest
 from typer.testing import CliRunner
 
 from synpref_core.annotate.ensemble import judge_pairs, read_vote
-from synpref_core.annotate.judge_server import serve
+from synpref_core.annotate.judge_server import serve, verdict_answers
 from synpref_core.annotate.parse import parse_attributes, parse_verdict, unpermute
 from synpref_core.annotate.prompts import (
     build_attribute_messages,
@@ -76,6 +78,16 @@ def test_deterministic_judge_ignores_the_shown_order(client, judges):
                 prompt = build_judge_messages(pair, PAIRS, seed=0, sample=sample)
                 (answer,) = ask(client, model, prompt.messages, temperature=0)
                 assert unpermute(parse_verdict(answer), permutation) == expected
+
+
+def test_verdicts_are_drawn_from_the_bradley_terry_probability():
+    answers = verdict_answers((1.0, 0.0), 1.0, 4000, np.random.default_rng(0))
+    share = sum(parse_verdict(a) == 1 for a in answers) / len(answers)
+    assert abs(share - 1 / (1 + math.exp(-1.0))) < 0.03
+    hot = verdict_answers((1.0, 0.0), 2.0, 4000, np.random.default_rng(0))
+    assert sum(parse_verdict(a) == 1 for a in hot) / len(hot) < share  # T flattens
+    (tie,) = verdict_answers((0.5, 0.5), 0.0, 1, np.random.default_rng(0))
+    assert parse_verdict(tie) is None
 
 
 def test_temperature_varies_samples_with_a_seed_stable_outcome(client):
