@@ -5,6 +5,7 @@
     synpref inspect OUT --json
     synpref export OUT --out pairs.parquet
     synpref eval --model RM_DIR --format llmbar data/llmbar/Dataset --json
+    synpref serve-judge --model best=RM_DIR --model gold=GOLD_RM_DIR --port 8008
 
 ``ingest`` runs the same stages as the Prefect flow, in this process (or on Ray with
 ``--executor ray``), without a Prefect server or MLflow: the quick path for a laptop.
@@ -270,6 +271,34 @@ def _print_result(result: EvalResult) -> None:
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
+
+
+@app.command("serve-judge")
+def serve_judge(
+    model: Annotated[
+        list[str],
+        typer.Option(help="NAME=DIR: serve reward model DIR as judge model NAME; repeatable."),
+    ],
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8008,
+) -> None:
+    """Serve reward models as an OpenAI-compatible judge endpoint (a stand-in for LLM judges)."""
+    import uvicorn
+
+    from synpref_core.annotate.judge_server import create_app
+    from synpref_core.rm.model import resolve_backbone
+
+    pairs = [item.partition("=") for item in model]
+    if bad := [name + eq + path for name, eq, path in pairs if not (name and eq and path)]:
+        raise _fail(f"--model wants NAME=DIR, got {bad[0]!r}")
+    models = {name: path for name, _, path in pairs}
+    if missing := [d for d in models.values() if not Path(resolve_backbone(d)).is_dir()]:
+        raise _fail(f"{missing[0]}: no such model directory")
+    judge = create_app(models)
+    err.print(f"judge models {', '.join(models)} at http://{host}:{port}/v1", soft_wrap=True)
+    uvicorn.run(judge, host=host, port=port, log_level="info")
 
 
 def main() -> None:

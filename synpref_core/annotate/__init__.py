@@ -1,0 +1,1 @@
+"""Annotation: prompts, the OpenAI-compatible client, aggregation and the local judge server."""
