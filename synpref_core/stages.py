@@ -137,9 +137,8 @@ class Stage(ABC):
         found = fs.get_file_info(pafs.FileSelector(root, recursive=False))
         found = [i for i in found if i.type == pafs.FileType.File]
         for folder in OWNED_FOLDERS:
-            selector = pafs.FileSelector(fsio.join(root, folder), allow_not_found=True)
-            selector.recursive = True
-            found += [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+            owned = pafs.FileSelector(fsio.join(root, folder), allow_not_found=True, recursive=True)
+            found += [i for i in fs.get_file_info(owned) if i.type == pafs.FileType.File]
         stale = []
         for info in found:
             rel = info.path[len(root) :].lstrip("/")
