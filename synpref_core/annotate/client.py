@@ -9,7 +9,8 @@ needs (DESIGN §2 step 3):
   404, 422, a malformed body, an empty choice) is a per-record error result with a code and a
   reason, never dropped: ``complete_all`` returns one result per request, in order;
 - a content-addressed disk cache (``cache.py``) consulted before any request, so a re-run or a
-  resumed run never pays for a request twice (errors are not cached: a re-run retries them);
+  resumed run never pays for a request twice (errors are not cached: a re-run retries them),
+  and identical requests in flight at once are sent once;
 - token and cost accounting per endpoint (prices from config), as MLflow metrics.
 
 Endpoints, models and the *names* of the environment variables holding keys come from config;
@@ -303,6 +304,7 @@ class ChatClient:
         self.cache = RequestCache(config.cache_dir)
         self.usage = Usage()
         self._endpoints: dict[str, _Endpoint] = {}
+        self._pending: dict[str, asyncio.Future[ChatResult]] = {}
 
     async def __aenter__(self) -> ChatClient:
         self._endpoints = {e.name: _Endpoint.open(e) for e in self.config.endpoints}
@@ -325,8 +327,15 @@ class ChatClient:
         hit = self.cache.get(key)
         if hit is not None:
             result = ChatResult(cached=True, **hit)
+        elif key in self._pending:  # the same request is in flight: share its outcome
+            first = await self._pending[key]
+            result = first.model_copy(update={"cached": first.ok, "cost": 0.0, "attempts": 0})
         else:
-            result = await self._fetch(endpoint, request, key)
+            self._pending[key] = asyncio.ensure_future(self._fetch(endpoint, request, key))
+            try:
+                result = await self._pending[key]
+            finally:
+                del self._pending[key]
         self.usage.add(request.endpoint, result)
         return result
 
