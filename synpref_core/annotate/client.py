@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2  # openai's HTTP library (pinned in requirements.lock)
 import openai
 import pydantic
 from pydantic import Field, model_validator
@@ -220,12 +221,26 @@ def retry_after_s(headers: Any) -> float | None:
     return None
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost ``__cause__``: the SDK's aiohttp transport reports a refused connection
+    as a connect *timeout*, whose cause chain still holds the ``ConnectionRefusedError``."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of the root cause, on one line."""
+    root = root_cause(exc)
+    return f"{type(root).__name__}: {root}".replace("\n", " ")[:REASON_CHARS]
+
+
 def classify(exc: openai.APIError) -> _Failure:
     """An openai error as a failure: transient (retry) only for 429, 5xx, connection, timeout."""
-    if isinstance(exc, openai.APITimeoutError):
-        return _Failure("timeout", str(exc), transient=True)
     if isinstance(exc, openai.APIConnectionError):
-        return _Failure("connection", f"{exc} ({exc.__cause__!r})"[:REASON_CHARS], transient=True)
+        root = root_cause(exc)
+        timed_out = isinstance(root, TimeoutError) or root is exc
+        return _Failure("timeout" if timed_out else "connection", describe(exc), transient=True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         transient = status == 429 or status >= 500
@@ -258,12 +273,21 @@ def api_key(config: EndpointConfig) -> str:
 
 
 def open_client(config: EndpointConfig, timeout_s: float | None = None) -> openai.AsyncOpenAI:
-    """AsyncOpenAI for ``config``, with the SDK's own retries off (ours are above it)."""
+    """AsyncOpenAI for ``config``, with the SDK's own retries off (ours are above it).
+
+    Transport: the SDK's aiohttp one, which costs about half the CPU per request of its httpx
+    default (benchmarks/README.md, "Annotation client"), with one kept-alive connection per
+    slot (the SDK keeps 100 alive: above that, every round would reconnect).
+    """
+    timeout = timeout_s or config.timeout_s
+    slots = config.max_concurrency
+    limits = httpx2.Limits(max_connections=slots, max_keepalive_connections=slots)
     return openai.AsyncOpenAI(
         base_url=config.base_url,
         api_key=api_key(config),
-        timeout=timeout_s or config.timeout_s,
+        timeout=timeout,
         max_retries=0,
+        http_client=openai.DefaultAioHttpClient(limits=limits, timeout=timeout),
     )
 
 
@@ -413,7 +437,9 @@ async def _probe(config: EndpointConfig) -> None:
     try:
         await client.models.list()
     except openai.APIConnectionError as exc:
-        raise EndpointDownError(f"endpoint {config.name!r} is down: {url}: {exc}") from None
+        raise EndpointDownError(
+            f"endpoint {config.name!r} is down: {url}: {describe(exc)}"
+        ) from None
     except openai.APIStatusError as exc:
         if exc.status_code in (401, 403):
             raise EndpointDownError(

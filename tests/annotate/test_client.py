@@ -65,6 +65,13 @@ def test_retries_exhausted_give_the_last_error(server, tmp_path):
     assert len(server.arrivals["script:500"]) == len(server.arrivals["script:hang"]) == 3
 
 
+def test_refused_connection_is_retried_as_a_connection_error(tmp_path):
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    (result,), _ = complete_all_sync(config(down, tmp_path, max_retries=2), [ask("hello")])
+    assert (result.error, result.attempts) == ("connection", 3)
+    assert "ConnectionRefusedError" in result.reason
+
+
 def test_non_transient_errors_are_per_record_errors(server, tmp_path):
     codes = {
         "script:400": "http_400",
@@ -146,6 +153,7 @@ def test_endpoint_down_fails_with_one_line_naming_url(server, tmp_path):
         check_endpoints(config(down, tmp_path))
     message = str(info.value)
     assert f"{down}/models" in message and "\n" not in message and "'judge' is down" in message
+    assert "ConnectionRefusedError" in message
 
 
 def test_unknown_endpoint_is_refused(tmp_path):
