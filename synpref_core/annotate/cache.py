@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +39,18 @@ class RequestCache:
             return None
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
+        """Write ``entry`` under ``key`` atomically. The tmp name is per process: within one,
+        the client never writes a key twice at once (identical requests in flight share one)."""
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        text = json.dumps(entry, sort_keys=True)
         try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(entry, handle, sort_keys=True)
+            tmp.write_text(text)
+        except FileNotFoundError:  # the key's directory is new
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+        try:
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise

@@ -352,14 +352,16 @@ class ChatClient:
         if hit is not None:
             result = ChatResult(cached=True, **hit)
         elif key in self._pending:  # the same request is in flight: share its outcome
-            first = await self._pending[key]
+            first = await asyncio.shield(self._pending[key])
             result = first.model_copy(update={"cached": first.ok, "cost": 0.0, "attempts": 0})
         else:
-            self._pending[key] = asyncio.ensure_future(self._fetch(endpoint, request, key))
+            self._pending[key] = pending = asyncio.get_running_loop().create_future()
             try:
-                result = await self._pending[key]
+                result = await self._fetch(endpoint, request, key)
+                pending.set_result(result)
             finally:
                 del self._pending[key]
+                pending.cancel()  # a no-op once set; wakes any duplicate if we were cancelled
         self.usage.add(request.endpoint, result)
         return result
 
