@@ -171,3 +171,28 @@ def test_identical_requests_in_flight_are_sent_once(server, tmp_path):
     assert [(r.cached, r.attempts) for r in results[:3]] == [(False, 1), (True, 0), (True, 0)]
     assert [(r.error, r.attempts) for r in results[3:]] == [("http_400", 1), ("http_400", 0)]
     assert usage.endpoints["judge"].requests == 5 and usage.endpoints["judge"].attempts == 2
+
+
+def test_usage_is_logged_to_mlflow(server, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from synpref_core.annotate.client import log_usage
+    from synpref_core.config import TrackingConfig
+    from synpref_core.tracking import start_run
+
+    secret = "sk-test-mlflow-1a2b3c"
+    monkeypatch.setenv("SYNPREF_TEST_JUDGE_KEY", secret)
+    cfg = config(server.base_url, tmp_path / "cache", api_key_env="SYNPREF_TEST_JUDGE_KEY")
+    _, usage = complete_all_sync(cfg, [ask("one two"), ask("script:400")])
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="a")
+    before = mlflow.get_tracking_uri()
+    try:
+        with start_run(tracking, "annotate-test") as run:
+            log_usage(usage)
+    finally:
+        mlflow.set_tracking_uri(before)
+    metrics = MlflowClient(tracking_uri=tracking.tracking_uri).get_run(run.info.run_id).data.metrics
+    assert metrics["annotate.judge.requests"] == 2 and metrics["annotate.judge.input_tokens"] == 2
+    assert metrics["annotate.judge.errors.http_400"] == 1
+    assert not any(secret in path.read_bytes().decode("latin-1") for path in tmp_path.rglob("*.db"))
