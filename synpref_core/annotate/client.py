@@ -66,6 +66,9 @@ class EndpointConfig(StrictModel):
     max_retries: int = Field(6, ge=0, description="Retries of a transient failure.")
     backoff_base_s: float = Field(1.0, gt=0, description="First backoff; doubles per retry.")
     backoff_max_s: float = Field(60.0, gt=0, description="Longest backoff (Retry-After aside).")
+    retry_after_max_s: float = Field(
+        600.0, ge=0, description="A longer Retry-After (a spent daily quota) is an error."
+    )
     price_per_1k_input: float = Field(0.0, ge=0, description="Currency per 1,000 prompt tokens.")
     price_per_1k_output: float = Field(0.0, ge=0, description="Per 1,000 completion tokens.")
 
@@ -311,6 +314,17 @@ class _Endpoint:
         )
 
 
+def cached_result(entry: dict[str, Any] | None) -> ChatResult | None:
+    """A cache entry as a result (nothing paid, no request sent); an entry that is not one of
+    ours (edited by hand, another version) is a miss."""
+    if entry is None:
+        return None
+    try:
+        return ChatResult(cached=True, **entry)
+    except (TypeError, pydantic.ValidationError):
+        return None
+
+
 def estimate_tokens(request: ChatRequest) -> int:
     """Tokens a request may use, for the tokens-per-minute bucket: ~4 characters a token in
     the prompt, plus the full ``max_tokens``."""
@@ -348,9 +362,9 @@ class ChatClient:
     async def complete(self, request: ChatRequest) -> ChatResult:
         endpoint = self._endpoints[request.endpoint]
         key = request_key(endpoint.config, request)
-        hit = self.cache.get(key)
+        hit = cached_result(self.cache.get(key))
         if hit is not None:
-            result = ChatResult(cached=True, **hit)
+            result = hit
         elif key in self._pending:  # the same request is in flight: share its outcome
             first = await asyncio.shield(self._pending[key])
             result = first.model_copy(update={"cached": first.ok, "cost": 0.0, "attempts": 0})
@@ -372,9 +386,12 @@ class ChatClient:
             try:
                 text, tokens_in, tokens_out = await self._attempt(endpoint, request)
             except _Failure as failure:
+                wait = failure.retry_after
+                if wait is not None and wait > config.retry_after_max_s:
+                    reason = f"{failure.reason} (Retry-After {wait:.0f} s is over the maximum)"
+                    return ChatResult(error=failure.code, reason=reason, attempts=attempt)
                 if not failure.transient or attempt > config.max_retries:
                     return ChatResult(error=failure.code, reason=failure.reason, attempts=attempt)
-                wait = failure.retry_after
                 await asyncio.sleep(backoff_s(config, attempt, rng) if wait is None else wait)
                 continue
             entry = {"text": text, "input_tokens": tokens_in, "output_tokens": tokens_out}

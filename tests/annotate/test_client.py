@@ -56,6 +56,13 @@ def test_retry_after_is_honoured(server, tmp_path):
     assert second - first >= 0.9  # Retry-After: 1, while our own backoff would be ≤ 0.05 s
 
 
+def test_retry_after_over_the_maximum_is_an_error(server, tmp_path):
+    cfg = config(server.base_url, tmp_path, retry_after_max_s=2)
+    (result,), _ = complete_all_sync(cfg, [ask("script:429ra3600,ok")])
+    assert (result.error, result.attempts) == ("http_429", 1)
+    assert "Retry-After 3600 s is over the maximum" in result.reason
+
+
 def test_retries_exhausted_give_the_last_error(server, tmp_path):
     results, _ = complete_all_sync(
         config(server.base_url, tmp_path, max_retries=2), [ask("script:500"), ask("script:hang")]
@@ -114,6 +121,11 @@ def test_cached_rerun_sends_no_request(server, tmp_path):
     assert [r.text for r in again] == [r.text for r in first[:-1]]
     assert all(r.cached and r.cost == 0 and r.attempts == 0 for r in again)
     assert usage.endpoints["judge"].cached == 10
+    entry = next((tmp_path / "cache").rglob("*.json"))
+    entry.write_text('{"answer": "not ours"}')  # a foreign entry is a miss, not a crash
+    complete_all_sync(cfg, requests)
+    assert server.requests == sent + 1
+    sent += 1
     complete_all_sync(cfg, [ask("script:400"), ask("pair 0", sample=2)])
     assert server.requests == sent + 2  # errors are not cached; a new sample is a new request
 
