@@ -24,11 +24,9 @@ Each request asks for one choice; self-consistency samples are separate requests
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import os
 import random
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +37,7 @@ import pydantic
 from pydantic import Field, model_validator
 
 from synpref_core.annotate.cache import RequestCache, cache_key
+from synpref_core.annotate.limits import TokenBucket, backoff_s, retry_after_s
 from synpref_core.config import ConfigError, StrictModel
 
 log = logging.getLogger(__name__)
@@ -171,30 +170,6 @@ def log_usage(usage: Usage) -> None:
     mlflow.log_metrics(usage.as_metrics())
 
 
-class TokenBucket:
-    """``per_minute`` units a minute, refilled continuously; holds one second's worth (at least
-    1), so at most that many go out in a burst."""
-
-    def __init__(self, per_minute: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate)
-        self.level = self.capacity
-        self.stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def take(self, amount: float = 1.0) -> None:
-        amount = min(amount, self.capacity)  # a request above the burst waits for a full bucket
-        async with self._lock:  # first come, first served
-            while True:
-                now = time.monotonic()
-                self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.level >= amount:
-                    self.level -= amount
-                    return
-                await asyncio.sleep((amount - self.level) / self.rate)
-
-
 class _Failure(Exception):
     def __init__(self, code: str, reason: str, transient: bool, retry_after: float | None = None):
         super().__init__(f"{code}: {reason}")
@@ -204,24 +179,6 @@ class _Failure(Exception):
             transient,
             retry_after,
         )
-
-
-def retry_after_s(headers: Any) -> float | None:
-    """Seconds a response's ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date) asks
-    for; None when absent or unreadable."""
-    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
-        try:
-            return max(0.0, float(value) * scale)
-        except ValueError:
-            pass
-        try:
-            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-    return None
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -250,12 +207,6 @@ def classify(exc: openai.APIError) -> _Failure:
         wait = retry_after_s(exc.response.headers) if transient else None
         return _Failure(f"http_{status}", exc.message[:REASON_CHARS], transient, wait)
     return _Failure("api_error", str(exc)[:REASON_CHARS], transient=False)
-
-
-def backoff_s(config: EndpointConfig, retry: int, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": half the step fixed, half uniform random."""
-    step = min(config.backoff_max_s, config.backoff_base_s * 2 ** (retry - 1))
-    return step * (0.5 + 0.5 * rng.random())
 
 
 def request_key(config: EndpointConfig, request: ChatRequest) -> str:
@@ -392,7 +343,11 @@ class ChatClient:
                     return ChatResult(error=failure.code, reason=reason, attempts=attempt)
                 if not failure.transient or attempt > config.max_retries:
                     return ChatResult(error=failure.code, reason=failure.reason, attempts=attempt)
-                await asyncio.sleep(backoff_s(config, attempt, rng) if wait is None else wait)
+                await asyncio.sleep(
+                    backoff_s(config.backoff_base_s, config.backoff_max_s, attempt, rng)
+                    if wait is None
+                    else wait
+                )
                 continue
             entry = {"text": text, "input_tokens": tokens_in, "output_tokens": tokens_out}
             self.cache.put(key, entry)

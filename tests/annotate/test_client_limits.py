@@ -15,11 +15,10 @@ from synpref_core.annotate.client import (
     ChatRequest,
     ClientConfig,
     EndpointConfig,
-    backoff_s,
     complete_all_sync,
     request_key,
-    retry_after_s,
 )
+from synpref_core.annotate.limits import backoff_s, retry_after_s
 from tests.annotate_servers import FaultServer
 
 
@@ -70,9 +69,8 @@ def test_token_bucket_limits_tokens(tmp_path):
 
 
 def test_backoff_is_exponential_capped_and_seeded():
-    cfg = judge(backoff_base_s=1.0, backoff_max_s=8.0)
-    waits = [backoff_s(cfg, retry, random.Random("7:key")) for retry in range(1, 7)]
-    assert waits == [backoff_s(cfg, r, random.Random("7:key")) for r in range(1, 7)]
+    waits = [backoff_s(1.0, 8.0, retry, random.Random("7:key")) for retry in range(1, 7)]
+    assert waits == [backoff_s(1.0, 8.0, r, random.Random("7:key")) for r in range(1, 7)]
     for retry, wait in enumerate(waits, start=1):
         step = min(8.0, 2.0 ** (retry - 1))
         assert step / 2 <= wait <= step
