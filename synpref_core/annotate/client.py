@@ -173,12 +173,8 @@ def log_usage(usage: Usage) -> None:
 class _Failure(Exception):
     def __init__(self, code: str, reason: str, transient: bool, retry_after: float | None = None):
         super().__init__(f"{code}: {reason}")
-        self.code, self.reason, self.transient, self.retry_after = (
-            code,
-            reason,
-            transient,
-            retry_after,
-        )
+        self.code, self.reason = code, reason
+        self.transient, self.retry_after = transient, retry_after
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -302,6 +298,13 @@ class ChatClient:
     async def __aexit__(self, *exc: object) -> None:
         for endpoint in self._endpoints.values():
             await endpoint.client.close()
+        for name, use in sorted(self.usage.endpoints.items()):
+            log.info(
+                "endpoint %s: %d results (%d cached), %d requests sent, %d+%d tokens, "
+                "cost %.4f, errors %s",
+                *(name, use.requests, use.cached, use.attempts, use.input_tokens),
+                *(use.output_tokens, use.cost, dict(use.errors)),
+            )
 
     async def complete_all(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """One result per request, in order: an answer (maybe cached) or an error with reason."""
@@ -343,11 +346,9 @@ class ChatClient:
                     return ChatResult(error=failure.code, reason=reason, attempts=attempt)
                 if not failure.transient or attempt > config.max_retries:
                     return ChatResult(error=failure.code, reason=failure.reason, attempts=attempt)
-                await asyncio.sleep(
-                    backoff_s(config.backoff_base_s, config.backoff_max_s, attempt, rng)
-                    if wait is None
-                    else wait
-                )
+                if wait is None:
+                    wait = backoff_s(config.backoff_base_s, config.backoff_max_s, attempt, rng)
+                await asyncio.sleep(wait)  # the slot is free meanwhile
                 continue
             entry = {"text": text, "input_tokens": tokens_in, "output_tokens": tokens_out}
             self.cache.put(key, entry)
@@ -359,7 +360,7 @@ class ChatClient:
 
     async def _attempt(self, endpoint: _Endpoint, request: ChatRequest) -> tuple[str, int, int]:
         """One HTTP request within the endpoint's limits; raises ``_Failure``."""
-        async with endpoint.slots:
+        async with endpoint.slots:  # buckets inside the slot: queued requests never burst out
             if endpoint.requests:
                 await endpoint.requests.take()
             if endpoint.tokens:
