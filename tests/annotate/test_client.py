@@ -208,3 +208,21 @@ def test_usage_is_logged_to_mlflow(server, tmp_path, monkeypatch):
     assert metrics["annotate.judge.requests"] == 2 and metrics["annotate.judge.input_tokens"] == 2
     assert metrics["annotate.judge.errors.http_400"] == 1
     assert not any(secret in path.read_bytes().decode("latin-1") for path in tmp_path.rglob("*.db"))
+
+
+def test_endpoints_are_accounted_apart_and_order_is_kept(server, tmp_path):
+    judges = [
+        EndpointConfig(name=name, base_url=server.base_url, model=f"judge-{name}", timeout_s=5)
+        for name in ("a", "b")
+    ]
+    cfg = ClientConfig(endpoints=judges, cache_dir=str(tmp_path))
+    messages = ["script:sleep300", "script:sleep150", "script:sleep10"]
+    requests = [
+        ChatRequest(endpoint=name, messages=[{"role": "user", "content": m}], template_version="v1")
+        for name in ("a", "b")
+        for m in messages
+    ]
+    results, usage = complete_all_sync(cfg, requests)
+    assert [r.text for r in results] == [f"echo:{m}" for m in messages] * 2  # request order
+    assert server.requests == 6  # same messages, other model: other cache keys
+    assert {name: use.requests for name, use in usage.endpoints.items()} == {"a": 3, "b": 3}
