@@ -30,6 +30,7 @@ from synpref_core.config import (
     load_config,
 )
 from synpref_core.ingest.pipeline import ingest_counts
+from synpref_core.io.lock import output_lock
 from tasks.ingest import dedup, normalize
 from tasks.tracking import record_manifest
 
@@ -83,9 +84,10 @@ def ingest_flow(config: IngestFlowConfig = IngestFlowConfig()) -> str:  # noqa: 
     tags = {"flow": "ingest", "prefect_flow_run_id": str(flow_run.id or "")}
     with tracking.start_run(config.runtime.tracking, "ingest", tags):
         tracking.log_config(config)
-        normalized = normalize(config.ingest, config.runtime.executor)
-        record_manifest(normalized, prefix="normalize.")
-        final = dedup(config.ingest, config.runtime.executor, normalized)
+        with output_lock(config.ingest.out):  # no other run between the two stages
+            normalized = normalize(config.ingest, config.runtime.executor)
+            record_manifest(normalized, prefix="normalize.")
+            final = dedup(config.ingest, config.runtime.executor, normalized)
         record_manifest(final)
     return final
 

@@ -35,6 +35,7 @@ from flows.ingest import bundled_ingest_config
 from synpref_core import tracking
 from synpref_core.config import IngestConfig, RuntimeConfig, StrictModel, load_config
 from synpref_core.curation.select import PairFilter, SelectConfig
+from synpref_core.io.lock import output_lock
 from synpref_core.retrieval.embed import EmbedConfig
 from synpref_core.retrieval.retrieve import RetrievalConfig
 from synpref_core.retrieval.round import RoundConfig
@@ -98,7 +99,8 @@ def retrieve_flow(config: RetrieveFlowConfig = RetrieveFlowConfig()) -> dict[str
         tracking.log_config(config)
         pairs = config.pairs
         if pairs is None:
-            pairs = dedup(config.ingest, executor, normalize(config.ingest, executor))
+            with output_lock(config.ingest.out):  # no other run between the two stages
+                pairs = dedup(config.ingest, executor, normalize(config.ingest, executor))
         selected, embedded = {}, {}
         for role, where in (("pool", config.pool_on), ("gold", config.gold_on)):
             spec = SelectConfig(input=pairs, out=str(out / role), **where.model_dump())

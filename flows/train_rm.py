@@ -32,6 +32,7 @@ from flows.ingest import bundled_ingest_config
 from synpref_core import tracking
 from synpref_core.config import IngestConfig, RuntimeConfig, StrictModel, load_config
 from synpref_core.curation.select import PairFilter, SelectConfig
+from synpref_core.io.lock import output_lock
 from synpref_core.rm.train import MODEL_NAME, TrainConfig, resolve_profile
 from tasks.evaluate import evaluate_benchmark
 from tasks.ingest import dedup, normalize
@@ -86,7 +87,8 @@ def train_rm_flow(config: TrainRMFlowConfig = TrainRMFlowConfig()) -> dict[str, 
         tracking.log_config(config)
         pairs = config.pairs
         if pairs is None:
-            pairs = dedup(config.ingest, executor, normalize(config.ingest, executor))
+            with output_lock(config.ingest.out):  # no other run between the two stages
+                pairs = dedup(config.ingest, executor, normalize(config.ingest, executor))
         selections = {"train": config.train_on, "gold": config.gold_on}
         manifests: dict[str, str | None] = {}
         for role, where in selections.items():
