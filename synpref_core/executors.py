@@ -62,8 +62,7 @@ def run(
 
 
 def _run(stage: Stage, executor: ExecutorConfig, progress: bool, on_actors: bool | None) -> str:
-    holds_model = getattr(stage, "holds_model", False)
-    actors = holds_model if on_actors is None else on_actors
+    actors = stage.holds_model if on_actors is None else on_actors
     specs = stage.plan()
     results = {
         i: r for i, spec in enumerate(specs) if (r := stage.finished_result(i, spec)) is not None
@@ -72,7 +71,7 @@ def _run(stage: Stage, executor: ExecutorConfig, progress: bool, on_actors: bool
     log.info(
         "%s: %d shards, %d to run, %d already done", stage.name, len(specs), len(todo), len(results)
     )
-    if todo and holds_model:
+    if todo and stage.holds_model:
         stage.threads = torch_threads(_cpus_per_process(executor))
     bar = tqdm(
         total=len(specs), initial=len(results), desc=stage.name, unit="shard", disable=not progress

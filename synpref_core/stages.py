@@ -58,6 +58,7 @@ class Stage(ABC):
     :meth:`plan` and :meth:`run_shard`; both must be deterministic for a given config."""
 
     name: ClassVar[str]
+    holds_model: ClassVar[bool] = False  # True: executors run it on actors that load a model
 
     def __init__(self, out: str, config: dict[str, Any], config_hash: str, parents: list[str]):
         self.out = out
@@ -343,7 +344,6 @@ class MapStage(Stage):
 
     columns: ClassVar[list[str] | None] = None
     output_schema: ClassVar[pa.Schema | None] = None
-    holds_model: ClassVar[bool] = False
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"out", "actors", "num_gpus"})
 
     def __init__(self, config: BaseModel, parent: str):
