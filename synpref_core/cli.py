@@ -6,6 +6,8 @@
     synpref export OUT --out pairs.parquet
     synpref eval --model RM_DIR --format llmbar data/llmbar/Dataset --json
     synpref serve-judge --model best=RM_DIR --model gold=GOLD_RM_DIR --port 8008
+    synpref judge-calibrate GOLD_STAGE --judge best=RM_DIR --store .synpref/vectors
+    synpref judge-calibrate GOLD_STAGE --panel panel.yaml   # real endpoints (a JudgePanel YAML)
 
 ``ingest`` runs the same stages as the Prefect flow, in this process (or on Ray with
 ``--executor ray``), without a Prefect server or MLflow: the quick path for a laptop.
@@ -288,17 +290,96 @@ def serve_judge(
     import uvicorn
 
     from synpref_core.annotate.judge_server import create_app
-    from synpref_core.rm.model import resolve_backbone
 
-    pairs = [item.partition("=") for item in model]
-    if bad := [name + eq + path for name, eq, path in pairs if not (name and eq and path)]:
-        raise _fail(f"--model wants NAME=DIR, got {bad[0]!r}")
-    models = {name: path for name, _, path in pairs}
-    if missing := [d for d in models.values() if not Path(resolve_backbone(d)).is_dir()]:
-        raise _fail(f"{missing[0]}: no such model directory")
+    try:
+        models = _name_paths(model, "--model")
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     judge = create_app(models)
     err.print(f"judge models {', '.join(models)} at http://{host}:{port}/v1", soft_wrap=True)
     uvicorn.run(judge, host=host, port=port, log_level="info")
+
+
+@app.command("judge-calibrate")
+def judge_calibrate(
+    gold: Annotated[str, typer.Argument(help="A finished pairs stage of gold (human) pairs.")],
+    judge: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=RM_DIR: a local judge (stand-in) served for this run; repeatable."),
+    ] = None,
+    panel: Annotated[
+        Path | None, typer.Option(help="A JudgePanel YAML (endpoints, samples...) instead.")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="Vector store of the gold few-shot; omit: zero-shot.")
+    ] = None,
+    samples: Annotated[int | None, typer.Option(help="Samples per judge (default 5).")] = None,
+    out: Annotated[str, typer.Option(help="Where the judgements go.")] = ".synpref/calibration",
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow URI (default: SQLite under .synpref).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+) -> None:
+    """Measure each judge and the ensemble against the human verdicts of gold pairs (overall,
+    per category, per objectivity); logged to MLflow as metrics and a table."""
+    from synpref_core import tracking
+    from synpref_core.annotate.calibrate import calibrate_judges
+    from synpref_core.annotate.client import EndpointDownError
+    from synpref_core.annotate.panel import JudgePanel
+    from synpref_core.annotate.stages import JudgeConfig
+    from synpref_core.config import TrackingConfig
+    from synpref_core.retrieval.store import StoreConfig
+    from synpref_core.stages import StageError
+
+    try:
+        judges = _name_paths(judge or [], "--judge")
+        chosen = load_config(panel, JudgePanel) if panel else JudgePanel(local_models=judges)
+        if samples is not None:
+            chosen = chosen.model_copy(update={"samples": samples})
+        if not chosen.endpoints and not chosen.local_models:
+            raise ValueError(
+                "give --judge NAME=RM_DIR (a local stand-in) or --panel with endpoints"
+            )
+        config = JudgeConfig(
+            pairs=gold,
+            panel=chosen,
+            store=StoreConfig(uri=store) if store else None,
+            out=out,
+        )
+        with tracking.start_run(TrackingConfig(tracking_uri=tracking_uri), "judge-calibrate"):
+            tracking.log_config(config)
+            result = calibrate_judges(config)
+            tracking.log_metrics(result.metrics)
+            tracking.log_table(result.table.to_dicts(), "judge_calibration.json")
+    except ValidationError as exc:
+        raise _fail(describe_invalid(exc)) from exc
+    except (ConfigError, StageError, EndpointDownError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        print(json.dumps(result.table.to_dicts(), indent=2))
+        return
+    table = Table(title=f"judges against human verdicts: {gold}")
+    for column in ("judge", "slice", "value", "pairs", "accuracy", "decided"):
+        table.add_column(column, justify="right" if column in ("pairs", "accuracy") else "left")
+    for row in result.table.iter_rows(named=True):
+        table.add_row(
+            row["judge"], row["slice"], row["value"], str(row["pairs"]),
+            f"{row['accuracy']:.3f}", f"{row['decided']:.2f}",
+        )  # fmt: skip
+    Console().print(table)
+
+
+def _name_paths(items: list[str], flag: str) -> dict[str, str]:
+    """NAME=DIR options as a dict; one line naming the first bad one."""
+    pairs = [item.partition("=") for item in items]
+    if bad := [name + eq + path for name, eq, path in pairs if not (name and eq and path)]:
+        raise ValueError(f"{flag} wants NAME=DIR, got {bad[0]!r}")
+    from synpref_core.rm.model import resolve_backbone
+
+    named = {name: path for name, _, path in pairs}
+    if missing := [d for d in named.values() if not Path(resolve_backbone(d)).is_dir()]:
+        raise ValueError(f"{missing[0]}: no such model directory")
+    return named
 
 
 def main() -> None:

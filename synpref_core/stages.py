@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from collections.abc import Set as AbstractSet
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypedDict
 
@@ -30,7 +30,7 @@ from synpref_core.schema import fingerprint
 
 class FileEntry(TypedDict):
     path: str  # relative to the stage directory
-    kind: str  # "data" or "rejects"
+    kind: str  # "data", "rejects" (ingest) or "errors" (per-record failures of a map stage)
     rows: int
     bytes: int
 
@@ -46,7 +46,12 @@ class StageError(RuntimeError):
 
 
 MANIFEST = "manifest.json"
-OWNED_FOLDERS = ("data", "rejects", "_markers")  # what a stage's directory holds of its own
+OWNED_FOLDERS = (
+    "data",
+    "rejects",
+    "errors",
+    "_markers",
+)  # what a stage's directory holds of its own
 
 
 def part_name(index: int) -> str:
@@ -128,7 +133,7 @@ class Stage(ABC):
 
     def remove_stale(self) -> list[str]:
         """Delete what the finished manifest does not list in the folders this stage owns
-        (``data/``, ``rejects/``, ``_markers/``), and temporary files a killed run left
+        (``data/``, ``rejects/``, ``errors/``, ``_markers/``), and temporary files a killed run left
         (``.tmp-*``), so a folder reused for another input holds only this run's files.
         Returns the removed paths, relative to the stage directory."""
         fs, root = self._fs()
@@ -267,6 +272,20 @@ def iter_batches(
     return _stream(load_manifest(stage_dir).paths(kind), columns, batch_rows)
 
 
+def read_stage(stage_dir: str, columns: list[str] | None = None, kind: str = "data") -> pa.Table:
+    """A finished stage's files of one kind as one table (for outputs that fit in memory:
+    judgements, calibration, small selections); an empty stage gives an empty table."""
+    manifest = load_manifest(stage_dir)
+    tables = []
+    for uri in manifest.paths(kind):
+        fs, path = fsio.resolve(uri)
+        with fs.open_input_file(path) as f:
+            tables.append(pq.read_table(f, columns=columns))
+    if not tables:
+        raise StageError(f"{manifest.uri}: no {kind} files to read")
+    return pa.concat_tables(tables)
+
+
 def _stream(uris: list[str], columns: list[str] | None, batch_rows: int):
     for uri in uris:
         fs, path = fsio.resolve(uri)
@@ -338,12 +357,19 @@ class MapStage(Stage):
 
         manifest = executors.run(AgreeStage(AgreeConfig(scores=..., out=...)), executor)
 
+    A stage whose rows can fail one by one (an LLM answer that never parses) also sets
+    ``error_schema``; its :meth:`map_batch` then returns ``(rows, errors)`` and the errors are
+    written beside the data as ``errors/part-NNNNN.parquet`` (kind ``errors``), so every input
+    row is accounted for. :meth:`identity` is what the output depends on; override it when the
+    config holds more than ``runtime_fields`` that do not (an endpoint's URL, say).
+
     Markers, re-runs that skip finished shards, the manifest and the identity (the config less
     ``runtime_fields``, the parent's run id, the model's fingerprint) come from here.
     """
 
     columns: ClassVar[list[str] | None] = None
     output_schema: ClassVar[pa.Schema | None] = None
+    error_schema: ClassVar[pa.Schema | None] = None
     runtime_fields: ClassVar[frozenset[str]] = frozenset({"out", "actors", "num_gpus"})
 
     def __init__(self, config: BaseModel, parent: str):
@@ -351,16 +377,22 @@ class MapStage(Stage):
         self.settings = config
         self.threads: int | None = None  # set by the executor: how it runs, never what
         self.model_version = self.fingerprint_model() if self.holds_model else ""
-        identity = stage_identity(
-            self.name, config, self.runtime_fields, [self.parent], self.model_version
+        super().__init__(
+            config.out, config.model_dump(mode="json"), self.identity(), [self.parent.uri]
         )
-        super().__init__(config.out, config.model_dump(mode="json"), identity, [self.parent.uri])
+
+    def identity(self) -> str:
+        """The config hash (:func:`stage_identity` of the config less ``runtime_fields``)."""
+        return stage_identity(
+            self.name, self.settings, self.runtime_fields, [self.parent], self.model_version
+        )
 
     # -- what a subclass gives ----------------------------------------------------------------
 
     @abstractmethod
-    def map_batch(self, batch: pa.RecordBatch, model: Any) -> pa.Table:
-        """The output rows of one batch of input rows."""
+    def map_batch(self, batch: pa.RecordBatch, model: Any) -> pa.Table | tuple[pa.Table, pa.Table]:
+        """The output rows of one batch of input rows (and its error rows, with
+        ``error_schema``)."""
 
     def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
         """Counts of one batch beyond ``rows`` (summed per shard and over the stage)."""
@@ -390,7 +422,8 @@ class MapStage(Stage):
         return getattr(self.settings, "num_gpus", 0)
 
     def schemas(self) -> dict[str, str]:
-        return {"data": fingerprint(self.output_schema)} if self.output_schema else {}
+        kinds = {"data": self.output_schema, "errors": self.error_schema}
+        return {kind: fingerprint(schema) for kind, schema in kinds.items() if schema is not None}
 
     def plan(self) -> list[dict[str, Any]]:
         return [{"input": f["path"], "rows": f["rows"]} for f in self.parent.entries("data")]
@@ -406,20 +439,32 @@ class MapStage(Stage):
         model = self.load_model()
         in_fs, in_path = fsio.resolve(fsio.join(self.parent.dir, spec["input"]))
         fs, root = fsio.resolve(self.out)
-        rel = f"data/{part_name(index)}.parquet"
+        kinds = {"data": self.schema_for(model), "errors": self.error_schema}
+        rels = {k: f"{k}/{part_name(index)}.parquet" for k, s in kinds.items() if s is not None}
         counts: dict[str, int] = {"rows": 0}
         batch_rows = getattr(self.settings, "batch_rows", 10_000)
-        with (
-            fsio.AtomicParquetWriter(fs, fsio.join(root, rel), self.schema_for(model)) as out,
-            in_fs.open_input_file(in_path) as f,
-        ):
+        with ExitStack() as stack:
+            writers = {
+                kind: stack.enter_context(
+                    fsio.AtomicParquetWriter(fs, fsio.join(root, rel), kinds[kind])
+                )
+                for kind, rel in rels.items()
+            }
+            f = stack.enter_context(in_fs.open_input_file(in_path))
             for batch in pq.ParquetFile(f).iter_batches(batch_rows, columns=self.columns):
-                table = self.map_batch(batch, model)
-                out.write(table)
+                mapped = self.map_batch(batch, model)
+                table, errors = mapped if self.error_schema is not None else (mapped, None)
+                writers["data"].write(table)
+                if errors is not None:
+                    writers["errors"].write(errors)
+                    counts["errors"] = counts.get("errors", 0) + errors.num_rows
                 for key, value in {
                     "rows": table.num_rows,
                     **self.batch_counts(batch, table),
                 }.items():
                     counts[key] = counts.get(key, 0) + value
-        entry: FileEntry = {"path": rel, "kind": "data", "rows": out.rows, "bytes": out.size()}
-        return {"shard": index, "files": [entry], "counts": counts}
+        files: list[FileEntry] = [
+            {"path": rels[kind], "kind": kind, "rows": w.rows, "bytes": w.size()}
+            for kind, w in writers.items()
+        ]
+        return {"shard": index, "files": files, "counts": counts}

@@ -92,3 +92,16 @@ def log_manifest(manifest_uri: str, artifact_path: str = "manifests") -> None:
     path = Path(manifest_uri.removeprefix("file://"))
     stage = path.parent.name or "stage"
     mlflow.log_artifact(str(path), artifact_path=f"{artifact_path}/{stage}")
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics)
+
+
+def log_table(rows: list[dict[str, Any]], name: str) -> None:
+    """A small table as a JSON artifact of the active run (a list of row objects)."""
+    import mlflow
+
+    mlflow.log_dict(rows, name)

@@ -12,7 +12,9 @@ with a 500 and every later one with an answer (the last step repeats). Steps:
 - ``malformed``: 200 with a body that is not JSON; ``empty``: 200 with no choices
 - ``sleep<ms>``: answers after ``<ms>`` milliseconds
 
-Any other message is ``ok``. The server counts requests, records each message's arrival times
+Any other message is ``ok``; ``FaultServer(answer=fn)`` answers an ``ok`` step with
+``fn(messages)`` instead of the echo (a scripted judge; an int is answered as that HTTP
+error status). The server counts requests, records each message's arrival times
 (monotonic clock), the Authorization headers it saw, and the peak number in flight.
 """
 
@@ -23,6 +25,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -72,7 +75,8 @@ async def hang(request: Request) -> None:
 class FaultServer:
     """The server and what it observed; use as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Callable[[list[dict]], str | int] | None = None) -> None:
+        self.answer = answer
         self.port = free_port()
         self.requests = 0
         self.in_flight = 0
@@ -105,11 +109,15 @@ class FaultServer:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
         try:
-            return await self.respond(request, message, len(self.arrivals[message]) - 1)
+            return await self.respond(
+                request, body["messages"], message, len(self.arrivals[message]) - 1
+            )
         finally:
             self.in_flight -= 1
 
-    async def respond(self, request: Request, message: str, attempt: int) -> Response:
+    async def respond(
+        self, request: Request, messages: list[dict], message: str, attempt: int
+    ) -> Response:
         steps = message.removeprefix("script:").split(",") if message.startswith("script:") else []
         step = steps[min(attempt, len(steps) - 1)] if steps else "ok"
         if step.startswith("429ra"):
@@ -125,7 +133,10 @@ class FaultServer:
         elif step.startswith("sleep"):
             await asyncio.sleep(int(step.removeprefix("sleep")) / 1000)
         words = len(message.split())
-        return JSONResponse(completion(f"echo:{message}", words, choices=step != "empty"))
+        text = self.answer(messages) if self.answer and not steps else f"echo:{message}"
+        if isinstance(text, int):
+            return error(text)
+        return JSONResponse(completion(text, words, choices=step != "empty"))
 
     def __enter__(self) -> FaultServer:
         self.thread.start()

@@ -97,6 +97,11 @@ class ChatRequest(StrictModel):
     max_tokens: int = Field(512, ge=1)
     template_version: str = Field(description="Version of the prompt template (cache key).")
     sample: int = Field(0, ge=0, description="Index of the self-consistency sample (cache key).")
+    seed: int | None = Field(
+        None,
+        description="Sent as the request's sampling seed (vLLM, OpenAI and the local judge "
+        "honour it): one per sample, so samples differ and a re-run asks the same.",
+    )
 
 
 class ChatResult(StrictModel):
@@ -372,6 +377,7 @@ class ChatClient:
                     temperature=request.temperature,
                     top_p=request.top_p,
                     max_tokens=request.max_tokens,
+                    **({"seed": request.seed} if request.seed is not None else {}),
                 )
             except openai.APIError as exc:
                 raise classify(exc) from exc

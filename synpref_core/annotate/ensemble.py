@@ -12,7 +12,9 @@ Two levels, pure functions over plain data:
 
 A tie at the top is ``undecided``. The judgement checks the stored order: ``agree`` (the judges
 prefer the stored chosen), ``disagree`` (they prefer the stored rejected: a flip candidate) or
-``undecided``, and keeps every vote as evidence (:func:`judgements_table`).
+``undecided``, and keeps every vote as evidence (:func:`judgements_table`). A pair with a
+request that failed (no answer after the retries) is ``error``: its judgement would not be the
+configured ensemble's, and a re-run re-asks only what failed (answers are cached).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from synpref_core.annotate.parse import parse_verdict, unpermute
 from synpref_core.annotate.prompts import JudgePrompt
 from synpref_core.config import StrictModel
 
-Outcome = Literal["agree", "disagree", "undecided"]
+Outcome = Literal["agree", "disagree", "undecided", "error"]
+OUTCOMES: tuple[str, ...] = ("agree", "disagree", "undecided", "error")
 _OUTCOME = {"chosen": "agree", "rejected": "disagree", None: "undecided"}
 
 VOTE = pa.struct(
@@ -41,6 +44,7 @@ VOTE = pa.struct(
         ("raw", pa.string()),  # the model's answer as received
         ("verdict", pa.int8()),  # 1 / 2 as parsed; null: no verdict
         ("side", pa.string()),  # chosen / rejected after unpermuting; null: no verdict
+        ("error", pa.string()),  # the request's failure ("http_400: ..."); null: answered
     ]
 )
 JUDGEMENT_SCHEMA = pa.schema(
@@ -66,6 +70,7 @@ class Vote:
     raw: str
     verdict: int | None  # as parsed: 1 / 2, None when the answer named no single candidate
     side: str | None  # the verdict mapped back: "chosen" / "rejected"
+    error: str | None = None  # the request failed: code and reason, no answer
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,8 @@ def judge_pairs(
     judgements = []
     for pair_id, pair_votes in by_pair.items():
         per_model = {m: model_vote(v.side for v in pair_votes if v.model == m) for m in models}
-        outcome = merge_models(per_model, config)
+        failed = any(v.error is not None for v in pair_votes)
+        outcome = "error" if failed else merge_models(per_model, config)
         judgements.append(Judgement(pair_id, outcome, config.rule, per_model, tuple(pair_votes)))
     return judgements
 
@@ -172,4 +178,5 @@ def _vote_row(vote: Vote) -> dict:
         "raw": vote.raw,
         "verdict": vote.verdict,
         "side": vote.side,
+        "error": vote.error,
     }

@@ -254,12 +254,13 @@ def few_shot_examples(
 
     Columns: ``candidate_id``, ``rank``, ``distance``, then the gold pair's ``pair_id``,
     attributes, ``status``, ``decided_by``, ``conversation``, ``chosen``, ``rejected``.
-    Candidate vectors are read from ``pool`` unless given.
+    Candidate vectors are read from ``pool`` unless given (then they must be in the gold
+    table's vector space, and the pool table need not exist).
     """
     config = config or RetrievalConfig()
-    _same_space(store)
     ids = list(candidate_ids)
     if vectors is None:
+        _same_space(store)
         pool = store.fetch("pool", ids, ["pair_id", "vector"])
         position = {pid: i for i, pid in enumerate(pool["pair_id"].to_pylist())}
         if missing := [pid for pid in ids if pid not in position]:

@@ -365,6 +365,11 @@ class VectorStore:
         handle = self._open(table)
         return 0 if handle is None else handle.count_rows(where)
 
+    def version(self, table: TableName) -> int | None:
+        """The table's LanceDB version (it grows with every write); None for a missing table."""
+        handle = self._open(table)
+        return None if handle is None else int(handle.version)
+
     def has_index(self, table: TableName) -> bool:
         handle = self._open(table)
         return handle is not None and any("vector" in i.columns for i in handle.list_indices())
