@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-evaluate test test-fast bench lint format server worker chromium clean
+.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-annotate flow-evaluate test test-fast bench lint format server worker chromium clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ flow-train-rm: install  ## train MiniLM on 80% of bundled hh-rlhf harmless, regi
 flow-retrieve: install  ## one retrieval round with the latest registered RM: make flow-retrieve ROUND=2
 	$(BIN)/python -m flows.retrieve $(if $(ROUND),--round $(ROUND))
 
+flow-annotate: install  ## judge round 1's candidates (local judge server on the latest RM), calibrate
+	$(BIN)/python -m flows.annotate $(if $(CONFIG),--config $(CONFIG))
+
 flow-evaluate: install  ## score a model on the bundled benchmarks: make flow-evaluate MODEL=dir
 	$(BIN)/python -m flows.evaluate $(if $(MODEL),--model $(MODEL))
 
@@ -50,6 +53,7 @@ bench: install  ## benchmarks/ (ratios against an in-run baseline; see benchmark
 	$(BIN)/python -m benchmarks.bench_retrieval
 	$(BIN)/python -m benchmarks.bench_quality
 	$(BIN)/python -m benchmarks.bench_dtype
+	$(BIN)/python -m benchmarks.bench_annotate
 
 lint: install
 	$(BIN)/ruff check .

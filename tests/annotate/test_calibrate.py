@@ -85,3 +85,20 @@ def test_judge_calibrate_cli_errors_are_one_line(args, message, tmp_path):
     result = CliRunner().invoke(app, ["judge-calibrate", str(tmp_path), *args])
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_vllm_panel_in_infra_is_a_valid_judge_panel():
+    from synpref_core.annotate.panel import JudgePanel, panel_identity
+    from synpref_core.config import load_config
+    from tests.conftest import REPO
+
+    panel = load_config(REPO / "infra" / "vllm" / "panel.yaml", JudgePanel)
+    assert [e.name for e in panel.endpoints] == ["qwen3-8b", "llama-3.1-8b"]
+    moved = panel.model_copy(
+        update={
+            "endpoints": [e.model_copy(update={"base_url": "http://x/v1"}) for e in panel.endpoints]
+        }
+    )
+    assert panel_identity(moved) == panel_identity(panel)  # where a judge runs is not what it is
+    other = panel.model_copy(update={"samples": 3})
+    assert panel_identity(other) != panel_identity(panel)

@@ -211,3 +211,43 @@ def test_retrieval_config_few_shot_m_is_honoured(world, tmp_path):
                          out=str(tmp_path / "j"))  # fmt: skip
     run(JudgeStage(config), progress=False)
     assert {len(r["few_shot_ids"]) for r in rows_of(config.out)} == {3}
+
+
+def test_the_local_judge_reads_pairs_only_from_its_requests(world, tmp_path):
+    """The judge server, in its own audited process, judges the candidates over HTTP; it never
+    opens a stage file and never imports a Parquet or LanceDB reader."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    log, port = tmp_path / "opened.json", free_port()
+    model = world["panel"].local_models["best"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.annotate.audited_judge", str(log), f"best={model}", str(port)]
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(url + "/models", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert server.poll() is None and time.monotonic() < deadline, "no judge server"
+                time.sleep(0.2)
+        endpoint = EndpointConfig(name="best", base_url=url, model="best")
+        panel = JudgePanel(endpoints=[endpoint], samples=2, cache_dir=str(tmp_path / "cache"))
+        config = JudgeConfig(pairs=attributed(world), panel=panel, store=world["store"],
+                             embed_max_chars=MAX_CHARS, out=str(tmp_path / "j"))  # fmt: skip
+        manifest = load_manifest(run(JudgeStage(config), progress=False))
+        assert manifest.counts["error"] == 0 and manifest.counts["requests_sent"] == 2 * CANDIDATES
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    audit = json.loads(log.read_text())
+    assert any(path.startswith(model) for path in audit["opened"])  # the hook does see opens
+    stored = (str(world["root"]), str(tmp_path / "j"))
+    assert not [p for p in audit["opened"] if p.startswith(stored) and not p.startswith(model)]
+    assert audit["readers"] == []
