@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-annotate flow-evaluate test test-fast bench lint format server worker chromium clean
+.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-annotate flow-stage2 flow-evaluate test test-fast bench lint format server worker chromium clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ flow-retrieve: install  ## one retrieval round with the latest registered RM: ma
 
 flow-annotate: install  ## judge round 1's candidates (local judge server on the latest RM), calibrate
 	$(BIN)/python -m flows.annotate $(if $(CONFIG),--config $(CONFIG))
+
+flow-stage2: install  ## Stage 2 now on embedded defaults (bundled hh-rlhf as D_wild, registered RMs)
+	$(BIN)/python -m flows.stage2 $(if $(CONFIG),--config $(CONFIG))
 
 flow-evaluate: install  ## score a model on the bundled benchmarks: make flow-evaluate MODEL=dir
 	$(BIN)/python -m flows.evaluate $(if $(MODEL),--model $(MODEL))

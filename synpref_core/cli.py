@@ -315,6 +315,9 @@ def judge_calibrate(
     ] = None,
     samples: Annotated[int | None, typer.Option(help="Samples per judge (default 5).")] = None,
     out: Annotated[str, typer.Option(help="Where the judgements go.")] = ".synpref/calibration",
+    cache_dir: Annotated[
+        str | None, typer.Option(help="Request cache (default: the panel's, .synpref/judge-cache).")
+    ] = None,
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow URI (default: SQLite under .synpref).")
     ] = None,
@@ -336,6 +339,8 @@ def judge_calibrate(
         chosen = load_config(panel, JudgePanel) if panel else JudgePanel(local_models=judges)
         if samples is not None:
             chosen = chosen.model_copy(update={"samples": samples})
+        if cache_dir is not None:
+            chosen = chosen.model_copy(update={"cache_dir": cache_dir})
         if not chosen.endpoints and not chosen.local_models:
             raise ValueError(
                 "give --judge NAME=RM_DIR (a local stand-in) or --panel with endpoints"

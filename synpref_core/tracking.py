@@ -105,3 +105,24 @@ def log_table(rows: list[dict[str, Any]], name: str) -> None:
     import mlflow
 
     mlflow.log_dict(rows, name)
+
+
+def log_histograms(columns: dict[str, tuple[str, str]], name: str, bins: int = 40) -> None:
+    """One histogram per ``label → (stage, column)`` of finished stages, in one figure artifact
+    (e.g. p_best and p_gold of every pair)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from synpref_core.stages import read_stage
+
+    figure, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3), squeeze=False)
+    for ax, (label, (stage, column)) in zip(axes[0], columns.items(), strict=True):
+        values = read_stage(stage, [column])[column].to_numpy()
+        ax.hist(values, bins=bins, range=(0.0, 1.0) if column == "p" else None)
+        ax.set_title(f"{label}: {column} ({len(values):,} pairs)")
+    figure.tight_layout()
+    mlflow.log_figure(figure, name)
+    plt.close(figure)

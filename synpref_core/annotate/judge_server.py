@@ -39,6 +39,7 @@ import re
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -67,6 +68,7 @@ _GUIDELINES = {
     False: "Prefer the response that better serves the user's stated wishes and taste; length "
     "and formatting do not count.",
 }
+REWARD_CACHE = 4096  # rewards of recent (conversation, response) kept per served model
 _CONTROVERSIAL = r"politic\w*|religio\w*|abortion|gun|vaccin\w*|immigra\w*|racis\w*|war"
 
 
@@ -104,16 +106,28 @@ class RewardJudge:
         self.model = model.to(resolve_device(device)).eval()
         self.max_length = trained_max_length(path)
         self.lock = threading.Lock()  # one forward pass at a time per model
+        # The n samples of a pair (and its other order) ask for the same two rewards: score once.
+        self.recent: OrderedDict[str, float] = OrderedDict()
 
     def rewards(self, conversation: list[dict], first: str, second: str) -> tuple[float, float]:
         from synpref_core.rm.scoring import score_table
 
+        keys = [json.dumps([conversation, text]) for text in (first, second)]
         with self.lock:
-            scores = score_table(
-                self.model, self.tokenizer, [conversation], [first], [second],
-                self.max_length, token_budget=2 * self.max_length,
-            )  # fmt: skip
-        return float(scores.r_chosen[0]), float(scores.r_rejected[0])
+            if not all(k in self.recent for k in keys):
+                scores = score_table(
+                    self.model, self.tokenizer, [conversation], [first], [second],
+                    self.max_length, token_budget=2 * self.max_length,
+                )  # fmt: skip
+                self.remember(keys[0], float(scores.r_chosen[0]))
+                self.remember(keys[1], float(scores.r_rejected[0]))
+            return self.recent[keys[0]], self.recent[keys[1]]
+
+    def remember(self, key: str, reward: float) -> None:
+        self.recent[key] = reward
+        self.recent.move_to_end(key)
+        while len(self.recent) > REWARD_CACHE:
+            self.recent.popitem(last=False)
 
 
 def request_rng(request: ChatRequest) -> np.random.Generator:

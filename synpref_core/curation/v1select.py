@@ -60,19 +60,28 @@ Fraction = Annotated[float, Field(gt=0, le=1)]
 Offset = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class ScoredPairsConfig(StrictModel):
+class SelectionRule(StrictModel):
+    """What a selection step applies to (the rule's own fields are in its subclasses)."""
+
+    sources: list[str] | None = Field(
+        None, description="Apply the step to these sources only; others pass. None: every pair."
+    )
+
+
+class ScoredPairsInputs(StrictModel):
     """A pairs stage, its score stage and where the selection goes."""
 
     pairs: str = Field(description="A finished pairs stage (its directory or manifest).")
     scores: str = Field(description="The score stage of those very pairs (ScoreStage output).")
-    sources: list[str] | None = Field(
-        None, description="Apply the step to these sources only; others pass. None: every pair."
-    )
     out: str = Field(description="Output stage directory.")
     batch_rows: int = Field(10_000, ge=1, description="Pairs read and selected at a time.")
 
 
-class TopFractionConfig(ScoredPairsConfig):
+class ScoredPairsConfig(ScoredPairsInputs, SelectionRule):
+    """A selection step over a pairs stage and its scores."""
+
+
+class TopFractionRule(SelectionRule):
     """Keep the top fraction of each task category by mean reward (+ per-source offset)."""
 
     default_fraction: float = Field(
@@ -104,12 +113,20 @@ class TopFractionConfig(ScoredPairsConfig):
         return self.fractions.get(category, self.default_fraction)
 
 
-class RmAgreesConfig(ScoredPairsConfig):
+class TopFractionConfig(ScoredPairsInputs, TopFractionRule):
+    """:class:`TopFractionRule` over a pairs stage and its scores."""
+
+
+class RmAgreesRule(SelectionRule):
     """Keep the pairs whose RM preference p exceeds 0.5 + margin."""
 
     margin: float = Field(
         0.0, ge=0, lt=0.5, description="Keep pairs with p > 0.5 + margin (DESIGN §3's δ)."
     )
+
+
+class RmAgreesConfig(ScoredPairsInputs, RmAgreesRule):
+    """:class:`RmAgreesRule` over a pairs stage and its scores."""
 
 
 def read_columns(uri: str, columns: list[str]) -> pa.Table:

@@ -57,6 +57,31 @@ def load_tokenizer(name_or_path: str = DEFAULT_BACKBONE) -> Any:
     return tokenizer
 
 
+class NotARewardModelError(ValueError):
+    """A directory is not a one-output sequence-classification checkpoint."""
+
+
+def check_reward_model(path: str) -> None:
+    """Fail with one line unless ``path`` holds a trained one-output reward model: a
+    ``*ForSequenceClassification`` config with a single label (a bare backbone would score with
+    an untrained head)."""
+    config_file = Path(resolve_backbone(path)) / "config.json"
+    if not config_file.is_file():
+        raise NotARewardModelError(f"{path}: not a reward model (no config.json)")
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise NotARewardModelError(f"{config_file}: not JSON ({exc})") from None
+    kinds = config.get("architectures") or []
+    if not any(k.endswith("ForSequenceClassification") for k in kinds):
+        raise NotARewardModelError(
+            f"{path}: not a reward model (architectures {kinds}, not a sequence classifier)"
+        )
+    labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    if labels != 1:
+        raise NotARewardModelError(f"{path}: not a one-output reward model ({labels} labels)")
+
+
 def load_reward_model(
     name_or_path: str = DEFAULT_BACKBONE, dtype: Any = None, seed: int = 0
 ) -> tuple[Any, Any]:

@@ -63,6 +63,7 @@ def test_judge_calibrate_cli_on_real_gold_pairs(world, tmp_path):
     args = [
         "judge-calibrate", gold, "--judge", f"best={best}", "--store", world["store"].uri,
         "--samples", "2", "--out", str(tmp_path / "cal"), "--json",
+        "--cache-dir", str(tmp_path / "cache"),
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
