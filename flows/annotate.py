@@ -26,6 +26,7 @@ cache (``panel.cache_dir``) means a re-run or a resumed run never pays twice.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +36,19 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from synpref_core import tracking
+from synpref_core.annotate.client import ClientConfig, EndpointDownError, check_endpoints
 from synpref_core.annotate.ensemble import OUTCOMES
 from synpref_core.annotate.panel import JudgePanel
 from synpref_core.annotate.stages import AttributeConfig, JudgeConfig
-from synpref_core.config import RuntimeConfig, StrictModel, load_config
+from synpref_core.config import ConfigError, RuntimeConfig, StrictModel, load_config
 from synpref_core.curation.gather import GatherConfig
 from synpref_core.curation.select import PairFilter, SelectConfig
 from synpref_core.retrieval.retrieve import RetrievalConfig
 from synpref_core.retrieval.store import StoreConfig
-from synpref_core.rm.registry import resolve_model
+from synpref_core.rm.registry import ModelNotFoundError, resolve_model
 from synpref_core.rm.train import MODEL_NAME
 from synpref_core.schema import PAIR_SCHEMA, fingerprint
-from synpref_core.stages import load_manifest
+from synpref_core.stages import StageError, load_manifest
 from tasks.annotate import calibrate, draft_attributes, gather, judge
 from tasks.select import select_pairs
 from tasks.tracking import record_manifest
@@ -93,6 +95,16 @@ def resolve_panel(config: AnnotateFlowConfig) -> JudgePanel:
         for name, rm in config.judges.items()
     }
     return panel.model_copy(update={"local_models": local})
+
+
+def preflight(config: AnnotateFlowConfig) -> None:
+    """Before any work, outside Prefect: the candidates exist, and every judge endpoint answers
+    (one line naming the URL of one that does not)."""
+    load_manifest(config.candidates)
+    if config.panel.endpoints:
+        check_endpoints(
+            ClientConfig(endpoints=config.panel.endpoints, cache_dir=config.panel.cache_dir)
+        )
 
 
 def is_pairs(uri: str) -> bool:
@@ -152,8 +164,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, help="AnnotateFlowConfig YAML (default: embedded)")
     args = parser.parse_args()
-    config = load_config(args.config, AnnotateFlowConfig) if args.config else AnnotateFlowConfig()
-    summary = annotate_flow(config)
+    try:
+        config = (
+            load_config(args.config, AnnotateFlowConfig) if args.config else AnnotateFlowConfig()
+        )
+        preflight(config)
+        summary = annotate_flow(config)
+    except (ConfigError, StageError, ModelNotFoundError, EndpointDownError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     counts = summary["counts"]
     print(
         f"{counts['rows']} candidates: "

@@ -103,3 +103,29 @@ def test_the_vllm_panel_in_infra_is_a_valid_judge_panel():
     assert panel_identity(moved) == panel_identity(panel)  # where a judge runs is not what it is
     other = panel.model_copy(update={"samples": 3})
     assert panel_identity(other) != panel_identity(panel)
+
+
+def test_the_annotate_command_names_a_down_endpoint_in_one_line(tmp_path, pairs_dir):
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.annotate_servers import free_port
+    from tests.conftest import REPO
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    config = {
+        "candidates": pairs_dir,
+        "panel": {"endpoints": [{"name": "down", "base_url": url, "model": "m"}]},
+        "out": str(tmp_path / "out"),
+    }
+    path = tmp_path / "annotate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.annotate", "--config", str(path)],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: endpoint 'down' is down: ") and url in line
