@@ -18,6 +18,10 @@ config, the counts by outcome and reason (in = kept + flipped + discarded + quar
 histograms, the LLM requests and their cost, and the manifests; a Prefect table artifact shows
 the outcomes. "Quarantined" counts the input rows of D_wild's sources that ingest set aside.
 
+Audit (``audit_noise``, or ``synpref audit-stage2``): a seeded share of D_wild, whose labels
+must be human, is flipped first and the noisy copy is curated; the curated rows are then joined
+back to it and the audit's shares with bootstrap intervals logged (``curation/audit.py``).
+
 At scale: ``wild`` an ``s3://`` pairs stage, ``runtime.executor.ray_address`` the Ray cluster
 (scoring actors with ``num_gpus``), ``panel.endpoints`` vLLM judges (``infra/vllm/``).
 """
@@ -39,6 +43,7 @@ from synpref_core import tracking
 from synpref_core.annotate.panel import JudgePanel
 from synpref_core.annotate.stages import AttributeConfig, JudgeConfig
 from synpref_core.config import IngestConfig, RuntimeConfig, StrictModel, load_config
+from synpref_core.curation.audit import InjectNoiseConfig
 from synpref_core.curation.consistency import (
     DISCARD_REASONS,
     STAGE2_STATUSES,
@@ -62,6 +67,7 @@ from synpref_core.rm.train import MODEL_NAME, TrainConfig
 from synpref_core.schema import PAIR_SCHEMA, fingerprint
 from synpref_core.stages import StageError, load_manifest, read_stage
 from tasks.annotate import draft_attributes, judge
+from tasks.audit import audit_stage2, inject_noise
 from tasks.curate import consistency, needs_judge, rm_agrees, score_pairs, top_fraction
 from tasks.ingest import dedup, normalize
 from tasks.select import select_pairs
@@ -115,6 +121,10 @@ class Stage2FlowConfig(StrictModel):
     rm_agrees: RmAgreesRule | None = Field(
         None, description="v1: keep curated pairs the best RM ranks right; None: skip."
     )
+    audit_noise: float | None = Field(
+        None, gt=0, lt=1, description="Audit: flip this share of D_wild first; None: no audit."
+    )
+    audit_seed: int = Field(0, ge=0, description="Audit: salt of which pairs are flipped.")
     out: str = Field(".synpref/stage2", description="Scores, judgements and curated shards.")
     runtime: RuntimeConfig = Field(RuntimeConfig(), description="Executor and MLflow.")
 
@@ -160,6 +170,12 @@ def stage2_flow(config: Stage2FlowConfig = Stage2FlowConfig()) -> dict[str, Any]
     with tracking.start_run(config.runtime.tracking, "stage2", tags):
         tracking.log_config(config)
         wild, gold_pairs, quarantined = _inputs(config, executor, out)
+        if config.audit_noise is not None:  # the noisy copy becomes D_wild
+            noise = InjectNoiseConfig(
+                pairs=wild, fraction=config.audit_noise, seed=config.audit_seed,
+                out=str(out / "noisy"),
+            )  # fmt: skip
+            wild = inject_noise(noise, executor)
         best, gold = resolve_rms(config, gold_pairs)
         if gold is None:
             gold = _train_gold_rm(config, gold_pairs, executor, out)
@@ -182,7 +198,13 @@ def stage2_flow(config: Stage2FlowConfig = Stage2FlowConfig()) -> dict[str, Any]
         tracking.log_metrics({"stage2.quarantined": float(quarantined)})
         _record_outcomes(counts, scores)
         selected = _select_v1(config, curated, best, executor, out)
-    return {"curated": curated, "selected": selected, "counts": counts, "judged": judged}
+        audit = (
+            None if config.audit_noise is None else audit_stage2(wild, curated, config.audit_seed)
+        )
+    return {
+        "curated": curated, "selected": selected, "counts": counts, "judged": judged,
+        "audit": audit,
+    }  # fmt: skip
 
 
 def _inputs(config: Stage2FlowConfig, executor, out: Path) -> tuple[str, str | None, int]:

@@ -8,6 +8,7 @@
     synpref serve-judge --model best=RM_DIR --model gold=GOLD_RM_DIR --port 8008
     synpref judge-calibrate GOLD_STAGE --judge best=RM_DIR --store .synpref/vectors
     synpref judge-calibrate GOLD_STAGE --panel panel.yaml   # real endpoints (a JudgePanel YAML)
+    synpref audit-stage2 --noise 0.2 --seed 0           # Stage 2's noise-injection audit
 
 ``ingest`` runs the same stages as the Prefect flow, in this process (or on Ray with
 ``--executor ray``), without a Prefect server or MLflow: the quick path for a laptop.
@@ -385,6 +386,12 @@ def _name_paths(items: list[str], flag: str) -> dict[str, str]:
     if missing := [d for d in named.values() if not Path(resolve_backbone(d)).is_dir()]:
         raise ValueError(f"{missing[0]}: no such model directory")
     return named
+
+
+# In its own module (it runs the stage2 flow); registered last, as it uses _fail.
+from synpref_core.cli_audit import audit_stage2  # noqa: E402
+
+app.command("audit-stage2")(audit_stage2)
 
 
 def main() -> None:

@@ -237,7 +237,7 @@ def apply_outcomes(
     notes = np.where(status == "discarded", reason, np.where(flip, "flipped", "kept"))
     evidence = pa.StructArray.from_arrays(
         [
-            pc.struct_field(table["evidence"], "human_votes").combine_chunks(),
+            _human_votes(pc.struct_field(table["evidence"], "human_votes"), flip),
             pa.array([_judge_votes(v, f) for v, f in zip(votes, flip, strict=True)],
                      EVIDENCE.field("judge_votes").type),
             pa.array(np.where(flip, 1.0 - p_best, p_best), pa.float64()),
@@ -259,6 +259,15 @@ def apply_outcomes(
     for name, column in columns.items():
         table = table.set_column(table.schema.get_field_index(name), name, column)
     return table
+
+
+def _human_votes(column: pa.ChunkedArray, flip: np.ndarray) -> pa.Array:
+    """Human votes in each row's stored order: a flipped row's 1 and 0 swap (-1 stays)."""
+    votes = column.to_pylist()
+    for i in np.flatnonzero(flip):
+        if votes[i] is not None:
+            votes[i] = [1 - v if v in (0, 1) else v for v in votes[i]]
+    return pa.array(votes, EVIDENCE.field("human_votes").type)
 
 
 def _judge_votes(votes: list[dict[str, Any]], flip: bool) -> list[dict[str, Any]] | None:

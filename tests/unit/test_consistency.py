@@ -58,7 +58,9 @@ def pairs_table(n: int) -> pa.Table:
         rows.append({
             "pair_id": pair_id(conversation, chosen, rejected), "conversation": conversation,
             "chosen": chosen, "rejected": rejected, **empty_attributes(),
-            "status": "unverified", "decided_by": "source", "evidence": None, "round": None,
+            "status": "unverified", "decided_by": "source", "round": None,
+            "evidence": {"human_votes": [1, 1, -1], "judge_votes": None, "p_best": None,
+                         "p_gold": None, "note": None},
             "run_id": "test", "source": "wild", "source_file": "x", "source_row": i,
             "source_subset": None, "parent_id": None, "group_id": None, "meta": None,
         })  # fmt: skip
@@ -125,6 +127,8 @@ def test_the_stage_writes_every_row_once_with_its_evidence(inputs, tmp_path):
     # which is now chosen; p_best 0.4 becomes 0.6
     assert flipped["evidence"]["judge_votes"] == [{"judge": "j", "vote": 1}]
     assert flipped["evidence"]["p_best"] == pytest.approx(0.6)
+    assert flipped["evidence"]["human_votes"] == [0, 0, -1]  # the humans preferred "good 4"
+    assert rows[0]["evidence"]["human_votes"] == [1, 1, -1]
     assert rows[3]["evidence"]["judge_votes"] == [{"judge": "j", "vote": 0}]
     assert rows[0]["decided_by"] == "rm" and rows[0]["evidence"]["judge_votes"] is None
     assert rows[2]["decided_by"] == "llm"
