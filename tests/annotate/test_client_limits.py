@@ -1,10 +1,11 @@
 """The judge client's limits, measured on a real local server: in-flight requests never exceed
 ``max_concurrency``, the request bucket spaces requests out; and the pure parts (backoff,
-Retry-After parsing, the cache key) directly."""
+Retry-After parsing, the cache key, reading a completion's body) directly."""
 
 from __future__ import annotations
 
 import email.utils
+import gc
 import random
 import time
 
@@ -15,7 +16,9 @@ from synpref_core.annotate.client import (
     ChatRequest,
     ClientConfig,
     EndpointConfig,
+    _Failure,
     complete_all_sync,
+    parse_completion,
     request_key,
 )
 from synpref_core.annotate.limits import backoff_s, retry_after_s
@@ -112,3 +115,49 @@ def test_cache_key_covers_what_the_answer_depends_on(tmp_path):
 def test_invalid_endpoint_config_names_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         judge(**bad)
+
+
+@pytest.mark.parametrize(
+    ("body", "outcome"),
+    [
+        (b'{"choices": [{"message": {"content": "A"}}], "usage": null}', ("A", 0, 0)),
+        (b'{"choices": [{"message": {"content": "A"}}]}', ("A", 0, 0)),
+        (
+            b'{"choices": [{"message": {"content": "B"}}], "usage": {"prompt_tokens": 4, '
+            b'"completion_tokens": 2}}',
+            ("B", 4, 2),
+        ),
+        (b'{"choices": [', "malformed"),
+        (b"[]", "malformed"),
+        (b"{}", "malformed"),
+        (b'{"choices": "x"}', "malformed"),
+        (b'{"choices": [1]}', "malformed"),
+        (b'{"choices": [{"message": "A"}]}', "malformed"),
+        (b'{"choices": [{"message": {"content": ["A"]}}]}', "malformed"),
+        (
+            b'{"choices": [{"message": {"content": "A"}}], "usage": {"prompt_tokens": "4"}}',
+            "malformed",
+        ),
+        (b'{"choices": []}', "empty_choice"),
+        (b'{"choices": null}', "empty_choice"),
+        (b'{"choices": [{}]}', "empty_choice"),
+        (b'{"choices": [{"message": {"content": ""}}]}', "empty_choice"),
+    ],
+)
+def test_completion_bodies_are_checked_where_read(body, outcome):
+    if isinstance(outcome, tuple):
+        assert parse_completion(body) == outcome
+        return
+    with pytest.raises(_Failure) as info:
+        parse_completion(body)
+    assert info.value.code == outcome and not info.value.transient
+    if outcome == "malformed":
+        assert "body " + repr(body.decode()[:100]) in info.value.reason
+
+
+def test_garbage_collector_settings_come_back_after_a_run(tmp_path):
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    cfg = ClientConfig(endpoints=[judge(max_retries=0, timeout_s=1)], cache_dir=str(tmp_path))
+    (result,), _ = complete_all_sync(cfg, [ask("hello")])  # nothing listens on port 9
+    assert result.error == "connection"
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
