@@ -1,12 +1,15 @@
-"""Small real inputs for flow tests: a retrieve round and a Stage 2 run over OffsetBias (pool /
-D_wild) and LLMBar Natural (gold) with tiny real reward models, everything under one temporary
-directory."""
+"""Small real inputs for flow tests, everything under one temporary directory: a retrieve round
+over OffsetBias (pool) and LLMBar Natural (gold) with a tiny real reward model, and Stage 2 runs
+over the same sources or over hh-rlhf in several shards."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 from tests.conftest import DATA
+
+WILD_RECORDS = 200  # hh-rlhf records of D_wild: 4 shards of 64 KiB
 
 
 def tiny_retrieve_config(tmp_path: Path, experiment: str = "synpref"):
@@ -35,9 +38,9 @@ def tiny_retrieve_config(tmp_path: Path, experiment: str = "synpref"):
     )
 
 
-def tiny_stage2_config(tmp_path: Path, **update):
-    """Stage 2 over OffsetBias (D_wild) with LLMBar Natural as gold: a tiny real best RM, a
-    tiny gold RM trained by the flow, the two as local judges, MLflow on SQLite."""
+def tiny_stage2_config(tmp_path: Path, models: Path | None = None, **update):
+    """Stage 2 over OffsetBias (D_wild) with LLMBar Natural as gold; outputs under ``tmp_path``,
+    the tiny best RM (seed 0) and gold backbone (seed 1) under ``models`` (default: tmp_path)."""
     from flows.stage2 import Stage2FlowConfig
     from synpref_core.annotate.panel import JudgePanel
     from synpref_core.config import IngestConfig, RuntimeConfig, SourceSpec, TrackingConfig
@@ -46,6 +49,7 @@ def tiny_stage2_config(tmp_path: Path, **update):
     from synpref_core.rm.train import TrainConfig
     from tests.rm_helpers import tiny_model_dir
 
+    models = models or tmp_path
     natural = DATA / "llmbar" / "Dataset" / "LLMBar" / "Natural"
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="s2")
     config = Stage2FlowConfig(
@@ -57,11 +61,11 @@ def tiny_stage2_config(tmp_path: Path, **update):
             out=str(tmp_path / "ingest"),
         ),
         wild_on=PairFilter(sources=["offsetbias"], statuses=["unverified"]),
-        best_rm=str(tiny_model_dir(tmp_path / "best")),
+        best_rm=str(tiny_model_dir(models / "best")),
         gold_model_name="gold-rm-test",
         min_gold_pairs=50,
         gold_training=TrainConfig(
-            model=str(tiny_model_dir(tmp_path / "backbone", seed=1)),
+            model=str(tiny_model_dir(models / "backbone", seed=1)),
             profile="full",
             max_length=64,
             bf16=False,
@@ -75,3 +79,35 @@ def tiny_stage2_config(tmp_path: Path, **update):
         runtime=RuntimeConfig(tracking=tracking),
     )
     return config.model_copy(update=update)
+
+
+def wild_stage2_config(tmp_path: Path, models: Path, **update):
+    """Stage 2 with D_wild in several shards and nothing to train, on the local executor:
+    the first WILD_RECORDS hh-rlhf harmless records (written once under ``models``) ingested in
+    64 KiB shards, the tiny seed-1 model given as the gold RM. Runs with the same ``models``
+    read the same input and RMs; each writes only under its own ``tmp_path``."""
+    from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec
+    from synpref_core.curation.select import PairFilter
+    from tests.ingest_helpers import HH
+
+    source = models / "hh.jsonl"
+    if not source.exists():
+        models.mkdir(parents=True, exist_ok=True)
+        lines = gzip.decompress(HH.read_bytes()).splitlines(True)[:WILD_RECORDS]
+        source.write_bytes(b"".join(lines))
+    config = tiny_stage2_config(tmp_path, models)
+    ingest = IngestConfig(
+        sources=[SourceSpec(format="hh-rlhf", paths=[str(source)])],
+        out=str(tmp_path / "ingest"),
+        shard_bytes=2**16,
+    )
+    runtime = config.runtime.model_copy(update={"executor": ExecutorConfig(kind="local")})
+    return config.model_copy(
+        update={
+            "ingest": ingest,
+            "wild_on": PairFilter(sources=["hh-rlhf"], statuses=["unverified"]),
+            "gold_rm": config.gold_training.model,
+            "runtime": runtime,
+            **update,
+        }
+    )

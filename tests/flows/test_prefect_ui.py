@@ -12,21 +12,16 @@ when missing and apt-get is there, and skips, saying why, only when it cannot.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import REPO
+from tests.prefect_helpers import deploy, wait_for_flow_run
 
 ROUND = 2
 RUN_TIMEOUT_S = 480
@@ -56,86 +51,6 @@ def chromium() -> tuple[str, str]:
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     assert browser and driver, "apt-get installed chromium, yet it is not on PATH"
     return browser, driver
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Process:
-    """A subprocess in its own process group, its output in a log file; stopped with its
-    children (a worker's flow-run subprocesses) at teardown."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path):
-        self.log = log
-        self.handle = log.open("wb")
-        self.proc = subprocess.Popen(
-            args, cwd=REPO, env=env, stdout=self.handle, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def tail(self, chars: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.handle.close()
-
-
-@pytest.fixture
-def prefect_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A real local Prefect server on a free port (own PREFECT_HOME) and a process worker."""
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PYTHONPATH": str(REPO),  # flow runs import this checkout's code
-        "SYNPREF_REPO": str(REPO),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    started: list[_Process] = []
-    try:
-        server = _Process(
-            ["bash", "infra/prefect/server.sh", "--host", "127.0.0.1", "--port", str(port)],
-            env,
-            tmp_path / "server.log",
-        )
-        started.append(server)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.proc.poll() is None, f"server exited:\n{server.tail()}"
-            assert time.monotonic() < deadline, f"server not up in 180 s:\n{server.tail()}"
-            time.sleep(1)
-        worker = _Process(["bash", "infra/prefect/worker.sh"], env, tmp_path / "worker.log")
-        started.append(worker)
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{api}/work_pools/synpref", timeout=10).status_code != 200:
-            assert worker.proc.poll() is None, f"worker exited:\n{worker.tail()}"
-            assert time.monotonic() < deadline, f"no `synpref` pool in 120 s:\n{worker.tail()}"
-            time.sleep(1)
-        yield {"api": api, "ui": api.removesuffix("/api"), "env": env, "worker": worker}
-    finally:
-        for process in reversed(started):
-            process.stop()
 
 
 def _tiny_retrieve_config(tmp_path: Path) -> dict[str, Any]:
@@ -197,25 +112,7 @@ def test_custom_run_form_changes_round_and_the_run_completes(tmp_path, chromium,
 
     api, ui, env = prefect_stack["api"], prefect_stack["ui"], prefect_stack["env"]
     config = _tiny_retrieve_config(tmp_path)
-    deploy = subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "prefect"),
-            "--no-prompt",
-            "deploy",
-            "--prefect-file",
-            "infra/prefect/prefect.yaml",
-            "--name",
-            "retrieve",
-            "--params",
-            json.dumps({"config": config}),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    deploy("retrieve", env, {"config": config})
     deployment = httpx.get(f"{api}/deployments/name/retrieve/retrieve").json()
     assert deployment["parameters"]["config"]["round"] == 1
 
@@ -261,14 +158,8 @@ def test_custom_run_form_changes_round_and_the_run_completes(tmp_path, chromium,
     assert len(runs) == 1
     sent = runs[0]["parameters"]["config"]
     assert sent == {**config, "round": ROUND}, "the form sends the rest as shown"
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while True:
-        flow_run = httpx.get(f"{api}/flow_runs/{runs[0]['id']}").json()
-        state = flow_run["state_type"]
-        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            break
-        assert time.monotonic() < deadline, f"{state} after {RUN_TIMEOUT_S} s"
-        time.sleep(3)
+    flow_run = wait_for_flow_run(api, runs[0]["id"], RUN_TIMEOUT_S)
+    state = flow_run["state_type"]
     assert state == "COMPLETED", f"{flow_run['state']}\n{prefect_stack['worker'].tail()}"
 
     from synpref_core.retrieval.round import read_candidates
