@@ -60,12 +60,12 @@ def batch_progress(session: Session) -> tuple[list[BatchProgress], list[dict]]:
     """Every batch's progress and agreement, and the items awaiting adjudication."""
     votes = _votes(session)
     adjudicated = dict(
-        session.execute(select(store.Adjudication.item_id, store.Adjudication.preferred)).tuples()
+        session.execute(select(store.Adjudication.item_id, store.Adjudication.preferred)).all()
     )
     assigned = dict(
         session.execute(
             select(store.Assignment.item_id, func.count()).group_by(store.Assignment.item_id)
-        ).tuples()
+        ).all()
     )
     out, todo = [], []
     for batch in session.scalars(select(store.Batch).order_by(store.Batch.id)):
@@ -95,7 +95,7 @@ def annotator_stats(session: Session) -> list[AnnotatorStats]:
     """Throughput and agreement with the outcome, per account that has assignments."""
     votes = _votes(session)
     overlap = dict(
-        session.execute(select(store.Item.id, store.Batch.overlap).join(store.Batch)).tuples()
+        session.execute(select(store.Item.id, store.Batch.overlap).join(store.Batch)).all()
     )
     outcome = {i: decide([v for _, v in vs], overlap[i]).preferred for i, vs in votes.items()}
     stats = []
