@@ -6,6 +6,11 @@
     synpref export OUT --out pairs.parquet
     synpref eval --model RM_DIR --format llmbar data/llmbar/Dataset --json
     synpref serve-judge --model best=RM_DIR --model gold=GOLD_RM_DIR --port 8008
+    synpref annotate-user ana ben --role annotator --credentials accounts.json
+    synpref annotate-batch PAIRS --name round-1 --annotator ana --annotator ben --overlap 2
+    synpref annotate-ui                            # human verification on http://127.0.0.1:8765
+    synpref annotate-export --out .synpref/human-gold
+    synpref replay-humans --dataset pandalm --data data/pandalm/testset-v1.json --credentials F
 
 ``ingest`` runs the same stages as the Prefect flow, in this process (or on Ray with
 ``--executor ray``), without a Prefect server or MLflow: the quick path for a laptop.
@@ -34,6 +39,7 @@ from synpref_core.config import (
     describe_invalid,
     load_config,
 )
+from synpref_core.human.commands import register_human_commands
 from synpref_core.rm.eval_results import EVAL_FORMATS, EvalResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -299,6 +305,10 @@ def serve_judge(
     judge = create_app(models)
     err.print(f"judge models {', '.join(models)} at http://{host}:{port}/v1", soft_wrap=True)
     uvicorn.run(judge, host=host, port=port, log_level="info")
+
+
+# Human verification: annotate-ui, annotate-user, annotate-batch, annotate-export, replay-humans.
+register_human_commands(app)
 
 
 def main() -> None:
