@@ -39,8 +39,7 @@
     } else if (event.key === "Enter" && form) {
       if (form.querySelector("input[name=verdict]:checked")) {
         event.preventDefault();
-        seconds.value = elapsedSeconds();
-        form.submit();
+        form.requestSubmit();  // runs the submit handler, which records the time on item
       }
     } else if (event.key === "n" || event.key === "p") {
       const link = document.getElementById(event.key === "n" ? "next" : "prev");
