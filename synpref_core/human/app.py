@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
 
 from synpref_core.human import auth, store, verdicts
+from synpref_core.human import queue as queue_
 from synpref_core.human.web import (
     HERE,
     LOGIN_COOKIE,
@@ -224,28 +225,31 @@ def queue(request: Request, who: CurrentUser) -> HTMLResponse:
 
 @router.get("/items/{item_id}")
 def item_page(request: Request, item_id: int, who: CurrentUser) -> HTMLResponse:
-    rows = my_items(request, who)
-    at = next((i for i, r in enumerate(rows) if r["item"].id == item_id), None)
-    if at is None:
-        raise HTTPException(404, f"item {item_id} is not assigned to you")
-    row = rows[at]
-    neighbours = {
-        "previous": rows[at - 1]["item"].id if at > 0 else None,
-        "next": rows[at + 1]["item"].id if at + 1 < len(rows) else None,
-    }
+    with store.reading(state(request).engine) as session:
+        found = queue_.assigned(session, who.user_id, item_id)
+        if found is None:
+            raise HTTPException(404, f"item {item_id} is not assigned to you")
+        item, batch, verdict = found
+        nav = queue_.neighbours(session, who.user_id, item)
     return page(
         request,
         "item.html",
         who,
-        item=shown(row["item"]),
-        batch=row["batch"],
-        verdict=row["verdict"],
-        nav=neighbours,
-        index=at + 1,
-        total=len(rows),
+        item=shown(item),
+        batch=batch,
+        verdict=verdict,
+        nav=nav,
         attribute_names=ATTRIBUTE_NAMES,
         tools=store.TOOLS,
     )
+
+
+def _to_next_open(request: Request, item_id: int, who: Who) -> RedirectResponse:
+    """Where the verdict form sends a browser: the next item still open (or the queue)."""
+    with store.reading(state(request).engine) as session:
+        found = queue_.assigned(session, who.user_id, item_id)
+        target = queue_.next_open(session, who.user_id, found[0] if found else None)
+    return RedirectResponse(f"/items/{target}" if target else "/", status_code=303)
 
 
 def _store_call(fn: Any, *args: Any) -> Any:
@@ -284,10 +288,7 @@ def submit_verdict(
     )
     if wants_json(request):
         return JSONResponse({"item_id": item_id, "recorded": True}, status_code=201)
-    rows = my_items(request, who)
-    at = next(i for i, r in enumerate(rows) if r["item"].id == item_id)
-    open_ = [r["item"].id for r in rows[at + 1 :] + rows[:at] if r["verdict"] is None]
-    return RedirectResponse(f"/items/{open_[0]}" if open_ else "/", status_code=303)
+    return _to_next_open(request, item_id, who)
 
 
 @router.post("/items/{item_id}/attributes")

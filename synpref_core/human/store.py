@@ -27,6 +27,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -98,7 +99,10 @@ class Item(Base):
     """One pair to verify. ``swapped``: the page shows the stored rejected first."""
 
     __tablename__ = "items"
-    __table_args__ = (UniqueConstraint("batch_id", "pair_id"),)
+    __table_args__ = (
+        UniqueConstraint("batch_id", "pair_id"),
+        Index("items_in_order", "batch_id", "position"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
     pair_id: Mapped[str] = mapped_column(String(64), index=True)
