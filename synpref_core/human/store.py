@@ -3,7 +3,8 @@ edits, adjudications and the audit log, as SQLAlchemy 2 models.
 
 Embedded default: SQLite at ``.synpref/human.db`` in WAL mode (readers never block the writer),
 with a 10 s busy timeout and ``BEGIN IMMEDIATE`` for write transactions, so concurrent
-submissions queue for the write lock instead of failing on a lock upgrade. At scale give a
+submissions queue for the write lock instead of failing on a lock upgrade (within one process
+they queue on a lock first: see :func:`writing`). At scale give a
 Postgres URL (``postgresql+psycopg://user@host/synpref``): the same models, and the unique
 constraints below keep the guarantees on any database.
 
@@ -14,8 +15,9 @@ because the user id comes from the session, never from the request.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -225,12 +227,17 @@ def reading(engine: Engine) -> Iterator[Session]:
 
 
 @cache
-def _writer(engine: Engine) -> Engine:
-    return engine.execution_options(write=True)
+def _writer(engine: Engine) -> tuple[Engine, AbstractContextManager]:
+    # SQLite has one writer at a time. Writers of this process queue on a lock instead of on
+    # SQLite's busy handler, which sleeps in growing steps (up to 100 ms) and so stretches the
+    # tail latency under concurrent submissions; other processes still meet the busy timeout.
+    queue = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+    return engine.execution_options(write=True), queue
 
 
 @contextmanager
 def writing(engine: Engine) -> Iterator[Session]:
     """A write transaction: committed at the end of the block, rolled back on an exception."""
-    with Session(_writer(engine), expire_on_commit=False) as session, session.begin():
+    writer, queue = _writer(engine)
+    with queue, Session(writer, expire_on_commit=False) as session, session.begin():
         yield session
