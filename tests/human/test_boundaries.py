@@ -216,3 +216,36 @@ def test_login_after_logout_works_again(app):
     csrf = login(client, "carol")
     client.post("/logout", data={"csrf_token": csrf})
     assert login(client, "carol")
+
+
+def test_login_never_redirects_off_site(app):
+    client = TestClient(app)
+    client.get("/login")
+    token = client.cookies.get("synpref_login_csrf")
+    for target in ("//evil.example/x", "https://evil.example/", "/items/1"):
+        response = client.post(
+            "/login",
+            data={"username": "alice", "password": PASSWORD, "csrf_token": token, "next": target},
+            follow_redirects=False,
+        )
+        assert response.headers["location"] == (target if target.startswith("/i") else "/")
+
+
+def test_secure_cookie_flag_when_configured(db_url):
+    from synpref_core.human.app import create_app
+    from synpref_core.human.web import AppSettings
+
+    response = TestClient(create_app(AppSettings(db_url=db_url, secure_cookies=True))).get("/login")
+    assert "secure" in response.headers["set-cookie"].lower()
+
+
+def test_logins_are_rate_limited_per_client_address(app):
+    client = TestClient(app)
+    client.get("/login")
+    token = client.cookies.get("synpref_login_csrf")
+    for name in ("u1", "u2", "u3", "u4", "u5"):  # five unknown accounts, one address
+        client.post("/login", data={"username": name, "password": "x" * 12, "csrf_token": token})
+    response = client.post(
+        "/login", data={"username": "carol", "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 429
