@@ -17,6 +17,7 @@ from synpref_core.human import progress, store, verdicts
 from synpref_core.human.web import (
     CurrentAdmin,
     FormData,
+    ItemId,
     Who,
     check_csrf,
     client,
@@ -42,7 +43,7 @@ def overview(request: Request, who: CurrentAdmin) -> HTMLResponse:
 
 
 @router.get("/items/{item_id}")
-def item(request: Request, item_id: int, who: CurrentAdmin) -> HTMLResponse:
+def item(request: Request, item_id: ItemId, who: CurrentAdmin) -> HTMLResponse:
     with store.reading(state(request).engine) as session:
         row = session.get(store.Item, item_id)
         if row is None:
@@ -83,7 +84,7 @@ def item(request: Request, item_id: int, who: CurrentAdmin) -> HTMLResponse:
 @router.post("/items/{item_id}/adjudicate")
 def adjudicate(
     request: Request,
-    item_id: int,
+    item_id: ItemId,
     form: FormData,
     who: CurrentAdmin,
 ) -> Response:

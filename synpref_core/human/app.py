@@ -35,6 +35,7 @@ from synpref_core.human.web import (
     AppState,
     CurrentUser,
     FormData,
+    ItemId,
     LoginRequired,
     Who,
     check_csrf,
@@ -119,9 +120,9 @@ def page(request: Request, name: str, who: Who | None, **context: Any) -> HTMLRe
 
 
 @router.get("/login")
-def login_form(request: Request, next: str = "/", error: str = "") -> HTMLResponse:
+def login_form(request: Request, next: str = "/") -> HTMLResponse:
     token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(32)
-    response = page(request, "login.html", None, csrf=token, next=_local(next), error=error)
+    response = page(request, "login.html", None, csrf=token, next=_local(next))
     response.set_cookie(
         LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=cookie_secure(request)
     )
@@ -145,8 +146,9 @@ def login(request: Request, form: FormData) -> Response:
             status_code=429,
             headers={"Retry-After": str(wait)},
         )
-    with store.writing(app.engine) as session:
+    with store.reading(app.engine) as session:  # the slow hash outside any write transaction
         user = auth.authenticate(session, name, field(form, "password"))
+    with store.writing(app.engine) as session:
         if user is None:
             store.audit(session, None, "login_failed", f"user:{name[:64]}", {}, client(request))
         else:
@@ -238,7 +240,7 @@ def queue(request: Request, who: CurrentUser) -> HTMLResponse:
 
 
 @router.get("/items/{item_id}")
-def item_page(request: Request, item_id: int, who: CurrentUser) -> HTMLResponse:
+def item_page(request: Request, item_id: ItemId, who: CurrentUser) -> HTMLResponse:
     with store.reading(state(request).engine) as session:
         found = queue_.assigned(session, who.user_id, item_id)
         if found is None:
@@ -258,7 +260,7 @@ def item_page(request: Request, item_id: int, who: CurrentUser) -> HTMLResponse:
     )
 
 
-def _to_next_open(request: Request, item_id: int, who: Who) -> RedirectResponse:
+def _to_next_open(request: Request, item_id: ItemId, who: Who) -> RedirectResponse:
     """Where the verdict form sends a browser: the next item still open (or the queue)."""
     with store.reading(state(request).engine) as session:
         found = queue_.assigned(session, who.user_id, item_id)
@@ -282,7 +284,7 @@ def _store_call(fn: Any, *args: Any) -> Any:
 @router.post("/items/{item_id}/verdict")
 def submit_verdict(
     request: Request,
-    item_id: int,
+    item_id: ItemId,
     form: FormData,
     who: CurrentUser,
 ) -> Response:
@@ -308,7 +310,7 @@ def submit_verdict(
 @router.post("/items/{item_id}/attributes")
 def edit_attributes(
     request: Request,
-    item_id: int,
+    item_id: ItemId,
     form: FormData,
     who: CurrentUser,
 ) -> Response:

@@ -8,6 +8,7 @@ nothing. The Content-Security-Policy allows scripts from the app itself only, ne
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from urllib.parse import parse_qs
 
 import orjson
 from fastapi import Depends, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from pydantic import Field
@@ -124,9 +126,12 @@ def field(form: dict[str, list[Any]], name: str, default: str = "") -> str:
 
 def number(form: dict[str, list[Any]], name: str, default: float) -> float:
     try:
-        return float(field(form, name, str(default)))
+        value = float(field(form, name, str(default)))
     except ValueError as exc:
         raise HTTPException(400, f"{name} must be a number") from exc
+    if not math.isfinite(value):
+        raise HTTPException(400, f"{name} must be a finite number")
+    return value
 
 
 def check_csrf(request: Request, form: dict[str, list[Any]], expected: str) -> None:
@@ -155,3 +160,4 @@ def wants_json(request: Request) -> bool:
 CurrentUser = Annotated[Who, Depends(current_user)]
 CurrentAdmin = Annotated[Who, Depends(current_admin)]
 FormData = Annotated[dict[str, list[Any]], Depends(form_data)]
+ItemId = Annotated[int, PathParam(ge=1, le=2**63 - 1, description="An item id.")]  # SQL BIGINT

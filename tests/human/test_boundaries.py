@@ -209,6 +209,10 @@ def test_bad_verdict_fields_are_400_with_a_reason(client_for):
     response = _verdict(alice, item, confidence="9")
     assert response.status_code == 400 and "confidence" in response.json()["detail"]
     assert _verdict(alice, item, tools=["oracle"]).status_code == 400
+    for bad in ("nan", "inf", "three"):
+        assert _verdict(alice, item, confidence=bad).status_code == 400
+        assert _verdict(alice, item, seconds=bad).status_code == 400
+    assert _verdict(alice, item).status_code == 303, "nothing was stored by the bad ones"
 
 
 def test_login_after_logout_works_again(app):
@@ -249,3 +253,16 @@ def test_logins_are_rate_limited_per_client_address(app):
         "/login", data={"username": "carol", "password": PASSWORD, "csrf_token": token}
     )
     assert response.status_code == 429
+
+
+def test_malformed_ids_and_bodies_are_client_errors(app, client_for):
+    root = client_for("root")
+    huge = "99999999999999999999"
+    assert root.get(f"/items/{huge}").status_code == 422
+    assert root.get(f"/admin/items/{huge}").status_code == 422
+    data = {"verdict": "first", "confidence": "3", "csrf_token": root.csrf}
+    assert root.post(f"/items/{huge}/verdict", data=data).status_code == 422
+    assert root.post("/items/1/verdict", data=data).status_code == 404  # admins are not assigned
+    garbage = {"content-type": "application/json", "x-csrf-token": root.csrf}
+    assert root.post("/items/1/verdict", content=b"[1]", headers=garbage).status_code == 400
+    assert root.post("/items/1/verdict", content=b"{", headers=garbage).status_code == 400
