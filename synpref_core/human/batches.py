@@ -20,6 +20,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -60,7 +62,7 @@ class BatchConfig(StrictModel):
 @dataclass(frozen=True)
 class PlannedItem:
     pair_id: str
-    pair: dict[str, Any]
+    pair: dict[str, Any]  # the slice columns (SLICE_COLUMNS) the plan was made from
     reason: str
     swapped: bool
     annotators: tuple[str, ...]
@@ -140,13 +142,29 @@ def plan_batch(pairs: list[dict[str, Any]], config: BatchConfig) -> list[Planned
     ]
 
 
-def read_pairs(stage: str, statuses: list[str] | None, skip: set[str]) -> list[dict[str, Any]]:
-    """The rows of a finished pair stage, less ``skip`` ids and other statuses."""
-    rows = []
-    for batch in iter_batches(stage):
+# What the slice and the order need of a pair; full rows are read for the chosen ones only.
+SLICE_COLUMNS = ["pair_id", "status", "evidence", "objectivity", "controversiality"]
+
+
+def read_candidates(stage: str, statuses: list[str] | None, skip: set[str]) -> list[dict[str, Any]]:
+    """The slice columns of a finished pair stage's rows, less ``skip`` ids, other statuses and
+    repeats of an id."""
+    rows, seen = [], set(skip)
+    for batch in iter_batches(stage, columns=SLICE_COLUMNS):
         for row in batch.to_pylist():
-            if row["pair_id"] not in skip and (statuses is None or row["status"] in statuses):
+            if row["pair_id"] not in seen and (statuses is None or row["status"] in statuses):
+                seen.add(row["pair_id"])
                 rows.append(row)
+    return rows
+
+
+def read_rows(stage: str, pair_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """The whole rows of the given ids (first occurrence of each)."""
+    wanted, rows = pa.array(sorted(pair_ids), pa.string()), {}
+    for batch in iter_batches(stage):
+        table = pa.Table.from_batches([batch])
+        for row in table.filter(pc.is_in(table["pair_id"], wanted)).to_pylist():
+            rows.setdefault(row["pair_id"], row)
     return rows
 
 
@@ -167,7 +185,8 @@ def create_batch(engine: Engine, config: BatchConfig) -> BatchSummary:
             raise store.StoreError(f"batch {config.name!r} exists; choose another name")
         users = _users_named(session, config.annotators)
         taken = set(session.scalars(select(store.Item.pair_id)))
-        planned = plan_batch(read_pairs(config.pairs, config.statuses, taken), config)
+        planned = plan_batch(read_candidates(config.pairs, config.statuses, taken), config)
+        rows = read_rows(config.pairs, {item.pair_id for item in planned})
         batch = store.Batch(
             name=config.name,
             source=manifest.uri,
@@ -178,7 +197,7 @@ def create_batch(engine: Engine, config: BatchConfig) -> BatchSummary:
         session.add(batch)
         session.flush()
         for position, item in enumerate(planned):
-            _add_item(session, batch.id, position, item, users)
+            _add_item(session, batch.id, position, item, rows[item.pair_id], users)
         store.audit(
             session,
             None,
@@ -204,20 +223,23 @@ def _users_named(session: Any, names: list[str]) -> dict[str, int]:
 
 
 def _add_item(
-    session: Any, batch_id: int, position: int, item: PlannedItem, users: dict[str, int]
+    session: Any,
+    batch_id: int,
+    position: int,
+    item: PlannedItem,
+    pair: dict[str, Any],
+    users: dict[str, int],
 ) -> None:
-    attributes = {name: _value(item.pair, name) for name in ATTRIBUTE_NAMES}
+    attributes = {name: _value(pair, name) for name in ATTRIBUTE_NAMES}
     row = store.Item(
         batch_id=batch_id,
         pair_id=item.pair_id,
         position=position,
         swapped=item.swapped,
         reason=item.reason,
-        pair=item.pair,
+        pair=pair,
         attributes=attributes,
     )
     session.add(row)
     session.flush()
-    session.add_all(
-        store.Assignment(item_id=row.id, user_id=users[name]) for name in item.annotators
-    )
+    session.add_all(store.Assignment(item_id=row.id, user_id=users[n]) for n in item.annotators)
