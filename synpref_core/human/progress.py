@@ -69,14 +69,14 @@ def batch_progress(session: Session) -> tuple[list[BatchProgress], list[dict]]:
     )
     out, todo = [], []
     for batch in session.scalars(select(store.Batch).order_by(store.Batch.id)):
+        item_ids = session.scalars(select(store.Item.id).where(store.Item.batch_id == batch.id))
         progress = BatchProgress(batch.name, batch.round, batch.overlap)
         units, pairs = [], ([], [])
-        items = session.scalars(select(store.Item).where(store.Item.batch_id == batch.id))
-        for item in items:
-            mine = votes.get(item.id, [])
-            outcome = decide([v for _, v in mine], batch.overlap, adjudicated.get(item.id))
+        for item_id in item_ids:
+            mine = votes.get(item_id, [])
+            outcome = decide([v for _, v in mine], batch.overlap, adjudicated.get(item_id))
             progress.items += 1
-            progress.assignments += assigned.get(item.id, 0)
+            progress.assignments += assigned.get(item_id, 0)
             progress.verdicts += len(mine)
             progress.states[outcome.state] = progress.states.get(outcome.state, 0) + 1
             units.append([v for _, v in mine])
@@ -84,7 +84,7 @@ def batch_progress(session: Session) -> tuple[list[BatchProgress], list[dict]]:
                 pairs[0].append(mine[0][1])
                 pairs[1].append(mine[1][1])
             if outcome.state == "disagreement":
-                todo.append({"item_id": item.id, "batch": batch.name, "votes": mine})
+                todo.append({"item_id": item_id, "batch": batch.name, "votes": mine})
         progress.alpha = krippendorff_alpha(units)
         progress.kappa = cohen_kappa(*pairs) if batch.overlap == 2 and pairs[0] else None
         out.append(progress)
