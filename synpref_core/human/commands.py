@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -33,6 +33,16 @@ DbOption = Annotated[
     str | None,
     typer.Option("--db", help="SQLAlchemy URL of the store (default: .synpref/human.db)."),
 ]
+
+
+def _engine(url: str | None) -> Any:
+    """The store's engine, or one line and exit 2."""
+    from synpref_core.human.store import StoreError, open_engine
+
+    try:
+        return open_engine(_db(url))
+    except StoreError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _db(url: str | None) -> str:
@@ -58,15 +68,15 @@ def annotate_ui(
 ) -> None:
     """Serve the human verification app (annotators and admins log in with their accounts)."""
     import uvicorn
-    from sqlalchemy.exc import SQLAlchemyError
 
     from synpref_core.human.app import create_app
+    from synpref_core.human.store import StoreError
     from synpref_core.human.web import AppSettings
 
     try:
         verify = create_app(AppSettings(db_url=_db(db), secure_cookies=secure_cookies))
-    except (SQLAlchemyError, OSError) as exc:
-        raise _fail(f"{_db(db)}: cannot open the store: {str(exc).splitlines()[0]}") from exc
+    except StoreError as exc:
+        raise _fail(str(exc)) from exc
     from synpref_core.cli import err
 
     err.print(f"human verification at http://{host}:{port}/ (store {_db(db)})", soft_wrap=True)
@@ -89,7 +99,7 @@ def annotate_user(
     from synpref_core.human import auth, store
 
     saved = _read_credentials(credentials) if credentials and credentials.exists() else {}
-    engine = store.open_engine(_db(db))
+    engine = _engine(db)
     created = {}
     try:
         for name in names:
@@ -137,7 +147,7 @@ def annotate_batch(
         )
     except ValidationError as exc:
         raise _fail(describe_invalid(exc)) from exc
-    engine = store.open_engine(_db(db))
+    engine = _engine(db)
     try:
         summary = create_batch(engine, config)
     except (store.StoreError, StageError) as exc:
@@ -159,12 +169,11 @@ def annotate_export(
     """Export decided items as gold pair shards with a manifest (undecidable: discarded)."""
     from synpref_core.cli import _os_error, print_counts
     from synpref_core.config import TrackingConfig
-    from synpref_core.human import store
     from synpref_core.human.export import GoldExportConfig, export_gold, record_export
     from synpref_core.io.lock import LockedError
     from synpref_core.stages import load_manifest
 
-    engine = store.open_engine(_db(db))
+    engine = _engine(db)
     try:
         uri = export_gold(engine, GoldExportConfig(out=out, batches=batch))
     except LockedError as exc:

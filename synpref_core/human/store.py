@@ -37,7 +37,8 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from synpref_core.config import DEFAULT_HOME
@@ -208,14 +209,24 @@ def _begin(conn: Any) -> None:
 
 
 def open_engine(url: str = DEFAULT_DB_URL) -> Engine:
-    """An engine on ``url`` with the tables created; SQLite gets WAL and immediate writes."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _begin)
-    Base.metadata.create_all(engine)
+    """An engine on ``url`` with the tables created; SQLite gets WAL and immediate writes.
+    Raises :class:`StoreError`, in one line, when the store cannot be opened."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _begin)
+        Base.metadata.create_all(engine)
+    except ImportError as exc:
+        raise StoreError(f"{shown}: its database driver is not installed ({exc.name})") from exc
+    except ArgumentError as exc:
+        raise StoreError(f"{url!r} is not a database URL (e.g. sqlite:///path.db)") from exc
+    except (SQLAlchemyError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"{shown}: cannot open the store: {first}") from exc
     return engine
 
 

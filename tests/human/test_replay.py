@@ -219,5 +219,10 @@ def test_cli_errors_are_one_line_with_exit_2(real_pairs, tmp_path):
     assert replay.exit_code == 2 and "credentials must be a JSON object" in replay.output
     user = run(cli, ["annotate-user", "bad name!", "--db", db])
     assert user.exit_code == 2 and "user name" in user.output
-    for result in (bad, overlap, missing, replay, user):
+    store = run(cli, ["annotate-user", "x", "--db", "postgresql+psycopg2://u:secret@h/db"])
+    assert store.exit_code == 2 and "driver is not installed" in store.output
+    assert "secret" not in store.output
+    ui = run(cli, ["annotate-ui", "--db", "not a url"])
+    assert ui.exit_code == 2 and "is not a database URL" in ui.output
+    for result in (bad, overlap, missing, replay, user, store, ui):
         assert "Traceback" not in result.output
