@@ -23,6 +23,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import select
+from sqlalchemy.orm import defer
 
 from synpref_core.human import auth, store, verdicts
 from synpref_core.human import queue as queue_
@@ -193,8 +194,11 @@ def logout(request: Request, form: FormData, who: CurrentUser):
 # -- the annotator's queue and items -----------------------------------------------------------
 
 
-def my_items(request: Request, who: Who, batch: str | None = None) -> list[dict[str, Any]]:
-    """The user's assigned items in (batch, protocol position) order, with their verdicts."""
+def my_items(
+    request: Request, who: Who, batch: str | None = None, texts: bool = True
+) -> list[dict[str, Any]]:
+    """The user's assigned items in (batch, protocol position) order, with their verdicts
+    (without the pair texts when ``texts`` is false: the queue page lists, it does not show)."""
     query = (
         select(store.Item, store.Batch.name, store.Verdict)
         .join(store.Assignment, store.Assignment.item_id == store.Item.id)
@@ -208,6 +212,8 @@ def my_items(request: Request, who: Who, batch: str | None = None) -> list[dict[
     )
     if batch is not None:
         query = query.where(store.Batch.name == batch)
+    if not texts:
+        query = query.options(defer(store.Item.pair))
     with store.reading(state(request).engine) as session:
         rows = session.execute(query).all()
     return [{"item": item, "batch": name, "verdict": verdict} for item, name, verdict in rows]
@@ -234,7 +240,7 @@ def shown(item: store.Item) -> dict[str, Any]:
 
 @router.get("/")
 def queue(request: Request, who: CurrentUser) -> HTMLResponse:
-    rows = my_items(request, who)
+    rows = my_items(request, who, texts=False)
     open_ = next((r["item"].id for r in rows if r["verdict"] is None), None)
     return page(request, "queue.html", who, rows=rows, next_open=open_)
 
