@@ -2,8 +2,8 @@
 agreement, and the disagreements to adjudicate, computed from the store in a few queries.
 
 Agreement per batch is Krippendorff's α over every item's votes (stored order: chosen /
-rejected / undecidable), plus Cohen's κ when the batch has exactly two annotators per item
-(over the items both answered, pairing the two annotators in user-id order). An annotator's
+rejected / undecidable), plus, when the batch has two annotators per item, Cohen's κ of each
+pair of annotators over the items they share, averaged weighted by those items. An annotator's
 agreement is the share of their verdicts on decided items that match the outcome.
 """
 
@@ -56,6 +56,15 @@ def _votes(session: Session) -> dict[int, list[tuple[int, str]]]:
     return votes
 
 
+def mean_kappa(pairs: dict[tuple[int, int], tuple[list[str], list[str]]]) -> float | None:
+    """Cohen's κ of each pair of annotators over the items they share, averaged weighted by
+    those items (pairs whose κ is undefined left out)."""
+    scored = [(cohen_kappa(a, b), len(a)) for a, b in pairs.values()]
+    scored = [(k, n) for k, n in scored if k is not None]
+    total = sum(n for _, n in scored)
+    return sum(k * n for k, n in scored) / total if total else None
+
+
 def batch_progress(session: Session) -> tuple[list[BatchProgress], list[dict]]:
     """Every batch's progress and agreement, and the items awaiting adjudication."""
     votes = _votes(session)
@@ -71,7 +80,7 @@ def batch_progress(session: Session) -> tuple[list[BatchProgress], list[dict]]:
     for batch in session.scalars(select(store.Batch).order_by(store.Batch.id)):
         item_ids = session.scalars(select(store.Item.id).where(store.Item.batch_id == batch.id))
         progress = BatchProgress(batch.name, batch.round, batch.overlap)
-        units, pairs = [], ([], [])
+        units, pairs = [], {}
         for item_id in item_ids:
             mine = votes.get(item_id, [])
             outcome = decide([v for _, v in mine], batch.overlap, adjudicated.get(item_id))
@@ -81,12 +90,13 @@ def batch_progress(session: Session) -> tuple[list[BatchProgress], list[dict]]:
             progress.states[outcome.state] = progress.states.get(outcome.state, 0) + 1
             units.append([v for _, v in mine])
             if len(mine) == 2:
-                pairs[0].append(mine[0][1])
-                pairs[1].append(mine[1][1])
+                pair = pairs.setdefault((mine[0][0], mine[1][0]), ([], []))
+                pair[0].append(mine[0][1])
+                pair[1].append(mine[1][1])
             if outcome.state == "disagreement":
                 todo.append({"item_id": item_id, "batch": batch.name, "votes": mine})
         progress.alpha = krippendorff_alpha(units)
-        progress.kappa = cohen_kappa(*pairs) if batch.overlap == 2 and pairs[0] else None
+        progress.kappa = mean_kappa(pairs) if batch.overlap == 2 else None
         out.append(progress)
     return out, todo
 

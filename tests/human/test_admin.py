@@ -29,6 +29,7 @@ def test_admin_page_shows_progress_throughput_and_agreement(client_for):
     cells = re.findall(r"<td>(.*?)</td>", row, flags=re.S)
     assert cells[3] == "12" and cells[4] == f"{2 * len(shared)} / 24"
     assert cells[5] == str(len(shared)) and cells[9] == "1.00"  # α: every pair agreed
+    assert cells[10] == "1.00"  # κ of alice and bob
     alice_row = re.search(r"<tr><td>alice</td>.*?</tr>", html, flags=re.S).group(0)
     alice_cells = re.findall(r"<td>(.*?)</td>", alice_row, flags=re.S)
     assert alice_cells[3] == "20.0" and alice_cells[4] == "180" and alice_cells[5] == "100%"

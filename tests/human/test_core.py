@@ -39,6 +39,18 @@ def test_alpha_equals_kappa_like_agreement_in_the_limits():
     assert krippendorff_alpha([["a", "b"], ["b", "a"]]) < 0
 
 
+def test_mean_kappa_weights_each_annotator_pair_by_its_items():
+    from synpref_core.human.progress import mean_kappa
+
+    pairs = {
+        (1, 2): (["a", "b", "a", "b"], ["a", "b", "a", "b"]),  # κ = 1 over 4 items
+        (1, 3): (["a", "a"], ["a", "b"]),  # κ = 0 over 2 items
+        (2, 3): (["a"], ["a"]),
+    }  # undefined: left out
+    assert mean_kappa(pairs) == pytest.approx(4 / 6)
+    assert mean_kappa({}) is None
+
+
 def _pair(i: int, **attrs: str) -> dict:
     row = {"pair_id": f"p{i:03d}", "evidence": None}
     for name, value in attrs.items():
