@@ -5,6 +5,7 @@ on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -77,9 +78,19 @@ def make_store(db: Path, pairs: str, overlap: int = 2, size: int = 12, name: str
     return url
 
 
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory, hostile_pairs) -> Path:
+    """The store of :func:`make_store`, made once per module (argon2 hashing is slow on
+    purpose); each test gets its own copy of the file."""
+    db = tmp_path_factory.mktemp("template") / "human.db"
+    make_store(db, hostile_pairs)
+    return db
+
+
 @pytest.fixture
-def db_url(tmp_path, hostile_pairs) -> str:
-    return make_store(tmp_path / "human.db", hostile_pairs)
+def db_url(tmp_path, template_db) -> str:
+    shutil.copyfile(template_db, tmp_path / "human.db")  # closed cleanly: no WAL file left
+    return f"sqlite:///{tmp_path / 'human.db'}"
 
 
 @pytest.fixture
