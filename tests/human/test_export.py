@@ -117,7 +117,14 @@ def test_a_human_verdict_overrides_an_llm_one(client_for, db_url, tmp_path):
     engine = store.open_engine(db_url)
     with store.writing(engine) as session:
         item = session.scalars(select(store.Item).order_by(store.Item.id)).first()
-        item.pair = {**item.pair, "status": "silver", "decided_by": "llm"}
+        judged = {
+            "human_votes": None,
+            "judge_votes": [{"judge": "j1", "vote": 0}],
+            "p_best": 0.25,
+            "p_gold": None,
+            "note": "llm: flip candidate",
+        }
+        item.pair = {**item.pair, "status": "silver", "decided_by": "llm", "evidence": judged}
         item_id, swapped = item.id, item.swapped
     clients = [client_for(n) for n in ("alice", "bob", "carol")]
     for client in clients:
@@ -126,6 +133,9 @@ def test_a_human_verdict_overrides_an_llm_one(client_for, db_url, tmp_path):
     uri = export_gold(engine, GoldExportConfig(out=str(tmp_path / "gold")))
     (row,) = pq.read_table(load_manifest(uri).paths()[0]).to_pylist()
     assert (row["status"], row["decided_by"]) == ("gold", "human")
+    evidence = row["evidence"]
+    assert evidence["judge_votes"] == [{"judge": "j1", "vote": 0}] and evidence["p_best"] == 0.25
+    assert evidence["human_votes"] == [1, 1]
 
 
 def test_concurrent_submissions_lose_nothing(live, db_url):
