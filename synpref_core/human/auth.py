@@ -75,9 +75,10 @@ def token_hash(token: str) -> str:
 
 
 def open_session(session: Session, user_id: int, ttl: timedelta) -> tuple[str, str]:
-    """A new login session; (cookie token, CSRF token)."""
+    """A new login session; (cookie token, CSRF token). Expired sessions are removed."""
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     now = store.utcnow()
+    session.execute(delete(store.LoginSession).where(store.LoginSession.expires_at <= now))
     session.add(
         store.LoginSession(
             token_hash=token_hash(token),

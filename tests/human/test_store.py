@@ -42,3 +42,20 @@ def test_the_database_refuses_a_second_verdict_by_the_same_annotator(db_url):
         session.add(store.Verdict(**raw))  # past the app's check: the constraint still holds
     with store.reading(engine) as session:
         assert session.scalars(select(store.Verdict.verdict)).all() == ["first"]
+
+
+def test_sessions_expire_and_expired_ones_are_removed(db_url):
+    from datetime import timedelta
+
+    from synpref_core.human import auth
+
+    engine = store.open_engine(db_url)
+    with store.writing(engine) as session:
+        old, _ = auth.open_session(session, 1, timedelta(seconds=-1))  # already expired
+    with store.reading(engine) as session:
+        assert auth.find_session(session, old) is None
+    with store.writing(engine) as session:
+        new, _ = auth.open_session(session, 1, timedelta(hours=1))
+    with store.reading(engine) as session:
+        assert auth.find_session(session, new) is not None
+        assert len(session.scalars(select(store.LoginSession)).all()) == 1
