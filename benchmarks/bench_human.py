@@ -31,9 +31,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 from benchmarks import synth
-from benchmarks.common import OtherLoad, machine, write_results
+from benchmarks.common import OtherLoad, machine, rusage_cpu_s, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results" / "human.json"
 PASSWORD = "benchmark password 1"
@@ -211,6 +212,10 @@ def table(result: dict[str, Any]) -> str:
         f"{result['requests_per_s']:.1f} requests/s, {result['verdicts_per_s']:.1f} verdicts/s; "
         f"{check['acknowledged']:,} verdicts acknowledged, {check['stored']:,} stored, "
         f"{check['lost']} lost, {check['duplicated']} duplicated, {len(result['errors'])} errors.",
+        f"Server CPU {1000 * result['server_cpu_s'] / max(result['requests'], 1):.1f} ms per "
+        f"request ({result['server_cpu_s'] / result['wall_s']:.2f} cores); the simulated "
+        f"annotators {result['clients_cpu_s'] / result['wall_s']:.2f} cores; other processes "
+        f"{result['other_load_cores']:.2f} cores of the machine's {os.cpu_count()}.",
     ]
     return "\n".join(lines)
 
@@ -230,10 +235,16 @@ def main(argv: list[str] | None = None) -> None:
         server = start_server(url, args.port, root / "server.log")
         names = [f"annotator{i:02d}" for i in range(args.annotators)]
         try:
+            server_cpu = psutil.Process(server.pid)
             with OtherLoad() as other:
+                cpu_before, own_before = sum(server_cpu.cpu_times()[:2]), rusage_cpu_s()
                 started = time.perf_counter()
                 runs = asyncio.run(load(f"http://127.0.0.1:{args.port}", names, args.seconds))
                 wall = time.perf_counter() - started
+                cpu = {
+                    "server_cpu_s": sum(server_cpu.cpu_times()[:2]) - cpu_before,
+                    "clients_cpu_s": rusage_cpu_s() - own_before,
+                }
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -244,11 +255,12 @@ def main(argv: list[str] | None = None) -> None:
             "setup": setup,
             "check": check_store(url, runs),
             "other_load_cores": other.mean,
+            **cpu,
             "machine": machine("fastapi", "sqlalchemy", "uvicorn"),
         }
     write_results(args.json, result)
     print(table(result))
-    print(f"\n(results: {args.json}; other load on the machine: {other.mean:.2f} cores)")
+    print(f"\n(results: {args.json})")
     if result["check"]["lost"] or result["check"]["duplicated"] or result["errors"]:
         raise SystemExit(1)
 
