@@ -27,6 +27,7 @@ from sqlalchemy.orm import defer
 
 from synpref_core.human import auth, store, verdicts
 from synpref_core.human import queue as queue_
+from synpref_core.human.admin import router as admin_router
 from synpref_core.human.web import (
     HERE,
     LOGIN_COOKIE,
@@ -53,8 +54,6 @@ from synpref_core.schema import ATTRIBUTE_NAMES
 
 def create_app(settings: AppSettings | None = None) -> FastAPI:
     """The app on ``settings.db_url`` (tables created when missing)."""
-    from synpref_core.human.admin import router as admin_router
-
     settings = settings or AppSettings()
     app = FastAPI(
         title="synpref human verification", docs_url=None, redoc_url=None, openapi_url=None
