@@ -268,8 +268,7 @@ def item_page(request: Request, item_id: ItemId, who: CurrentUser) -> HTMLRespon
 def _to_next_open(request: Request, item_id: ItemId, who: Who) -> RedirectResponse:
     """Where the verdict form sends a browser: the next item still open (or the queue)."""
     with store.reading(state(request).engine) as session:
-        found = queue_.assigned(session, who.user_id, item_id)
-        target = queue_.next_open(session, who.user_id, found[0] if found else None)
+        target = queue_.next_open(session, who.user_id, queue_.place(session, who.user_id, item_id))
     return RedirectResponse(f"/items/{target}" if target else "/", status_code=303)
 
 

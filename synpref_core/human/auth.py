@@ -22,7 +22,7 @@ from datetime import timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, Row
 from sqlalchemy.orm import Session
 
 from synpref_core.human import store
@@ -91,19 +91,19 @@ def open_session(session: Session, user_id: int, ttl: timedelta) -> tuple[str, s
     return token, csrf
 
 
-def find_session(
-    session: Session, token: str | None
-) -> tuple[store.User, store.LoginSession] | None:
+def find_session(session: Session, token: str | None) -> Row | None:
+    """The live session of ``token`` as (user_id, name, role, csrf); None if none or expired."""
     if not token:
         return None
     found = session.execute(
-        select(store.User, store.LoginSession)
+        select(store.User.id, store.User.name, store.User.role, store.LoginSession.csrf)
         .join(store.LoginSession, store.LoginSession.user_id == store.User.id)
-        .where(store.LoginSession.token_hash == token_hash(token))
+        .where(
+            store.LoginSession.token_hash == token_hash(token),
+            store.LoginSession.expires_at > store.utcnow(),
+        )
     ).first()
-    if found is None or found[1].expires_at <= store.utcnow():
-        return None
-    return found.tuple()
+    return found
 
 
 def close_session(session: Session, token: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Row, Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from synpref_core.human.store import Assignment, Batch, Item, Verdict
@@ -24,14 +24,14 @@ def _mine(user_id: int, *columns: Any) -> Select:
     )
 
 
-def _before(item: Item) -> Any:
+def _before(item: Item | Row) -> Any:
     return or_(
         Item.batch_id < item.batch_id,
         and_(Item.batch_id == item.batch_id, Item.position < item.position),
     )
 
 
-def _after(item: Item) -> Any:
+def _after(item: Item | Row) -> Any:
     return or_(
         Item.batch_id > item.batch_id,
         and_(Item.batch_id == item.batch_id, Item.position > item.position),
@@ -60,12 +60,20 @@ def neighbours(session: Session, user_id: int, item: Item) -> dict[str, int | No
     following = session.scalar(
         _mine(user_id, Item.id).where(_after(item)).order_by(Item.batch_id, Item.position).limit(1)
     )
-    index = session.scalar(_mine(user_id, func.count()).where(_before(item))) + 1
-    total = session.scalar(_mine(user_id, func.count()))
-    return {"previous": previous, "next": following, "index": index, "total": total}
+    before, total = session.execute(
+        _mine(user_id, func.count(case((_before(item), 1))), func.count())
+    ).one()
+    return {"previous": previous, "next": following, "index": before + 1, "total": total}
 
 
-def next_open(session: Session, user_id: int, after: Item | None = None) -> int | None:
+def place(session: Session, user_id: int, item_id: int) -> Row | None:
+    """(batch_id, position) of an item assigned to the user; None when it is not."""
+    return session.execute(
+        _mine(user_id, Item.batch_id, Item.position).where(Item.id == item_id)
+    ).first()
+
+
+def next_open(session: Session, user_id: int, after: Item | Row | None = None) -> int | None:
     """The first item without the user's verdict after ``after`` (wrapping round), if any."""
     query = (
         _mine(user_id, Item.id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from synpref_core.human import store
 from synpref_core.human.store import Adjudication, Assignment, AttributeEdit, Item, Verdict
@@ -61,6 +61,7 @@ def assigned_item(session: Session, item_id: int, user_id: int) -> tuple[Item, A
         select(Item, Assignment)
         .join(Assignment, Assignment.item_id == Item.id)
         .where(Item.id == item_id, Assignment.user_id == user_id)
+        .options(defer(Item.pair))  # the texts are not needed to record or edit
     ).first()
     if found is None:
         raise NotAssignedError(f"item {item_id} is not assigned to you")

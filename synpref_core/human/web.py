@@ -89,8 +89,7 @@ def current_user(request: Request) -> Who:
         found = auth.find_session(session, token)
     if found is None or token is None:
         raise LoginRequired()
-    user, login = found
-    return Who(user.id, user.name, user.role, login.csrf, token)
+    return Who(found.id, found.name, found.role, found.csrf, token)
 
 
 def current_admin(request: Request) -> Who:
