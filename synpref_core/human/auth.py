@@ -29,6 +29,7 @@ from synpref_core.human import store
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_PASSWORD = 10
+MAX_TRACKED_KEYS = 10_000  # the limiter's memory stays bounded whatever names are tried
 _hasher = PasswordHasher()  # argon2id, the library's RFC 9106 low-memory profile
 _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
@@ -143,6 +144,11 @@ class LoginLimiter:
         return int(wait) + 1 if wait > 0 else 0
 
     def failed(self, keys: list[str]) -> None:
+        now = self.clock()
         with self._lock:
+            if len(self._seen) > MAX_TRACKED_KEYS:  # forget keys whose failures have all aged out
+                self._seen = {
+                    k: t for k, t in self._seen.items() if t and t[-1] > now - self.window_s
+                }
             for key in keys:
-                self._seen.setdefault(key, deque()).append(self.clock())
+                self._seen.setdefault(key, deque()).append(now)

@@ -127,3 +127,21 @@ def test_decide(votes, overlap, adjudicated, state, preferred):
     outcome = decide(votes, overlap, adjudicated)
     assert (outcome.state, outcome.preferred) == (state, preferred)
     assert outcome.votes == tuple(votes)
+
+
+def test_login_limiter_window_and_bounded_memory():
+    from synpref_core.human import auth
+
+    now = [0.0]
+    limiter = auth.LoginLimiter(failures=2, window_s=60.0, clock=lambda: now[0])
+    limiter.failed(["user:a"])
+    assert limiter.retry_after(["user:a"]) == 0
+    limiter.failed(["user:a"])
+    assert limiter.retry_after(["user:a"]) == 61 and limiter.retry_after(["user:b"]) == 0
+    now[0] = 60.5
+    assert limiter.retry_after(["user:a"]) == 0, "failures age out of the window"
+    for i in range(auth.MAX_TRACKED_KEYS + 1):
+        limiter.failed([f"user:{i}"])
+    now[0] = 200.0
+    limiter.failed(["user:late"])
+    assert len(limiter._seen) == 1
