@@ -56,3 +56,16 @@ def test_attribute_edits_reach_gold_marked_human(client_for, db_url, tmp_path):
     assert row["objectivity"] == {"value": "objective", "source": "human"}
     assert row["annotation_guideline"]["value"] == "Prefer the <b>safe</b> answer."
     assert row["task_category"] is None  # untouched attributes stay as stored
+
+
+def test_admin_pages_render_hostile_texts_inert(client_for):
+    alice = client_for("alice")
+    item = next(i for i in items_of(alice) if "alert(" in i["first"] + i["second"])
+    edit = {"desired_attributes": "<script>alert(9)</script>", "csrf_token": alice.csrf}
+    assert alice.post(f"/items/{item['id']}/attributes", data=edit).status_code == 200
+    root = client_for("root")
+    for path in (f"/admin/items/{item['id']}", "/admin/audit", "/admin"):
+        html = root.get(path).text
+        assert "<script>alert" not in html and 'href="javascript:' not in html, path
+        assert html.count("<script") == 1, path  # the app's own script only
+    assert "&lt;script&gt;alert(9)" in root.get(f"/admin/items/{item['id']}").text
