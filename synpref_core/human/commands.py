@@ -45,6 +45,15 @@ def _engine(url: str | None) -> Any:
         raise _fail(str(exc)) from exc
 
 
+def _has_accounts(engine: Any) -> bool:
+    from sqlalchemy import select
+
+    from synpref_core.human import store
+
+    with store.reading(engine) as session:
+        return session.scalar(select(store.User.id).limit(1)) is not None
+
+
 def _db(url: str | None) -> str:
     from synpref_core.human.store import DEFAULT_DB_URL
 
@@ -80,6 +89,8 @@ def annotate_ui(
     from synpref_core.cli import err
 
     err.print(f"human verification at http://{host}:{port}/ (store {_db(db)})", soft_wrap=True)
+    if not _has_accounts(verify.state.human.engine):
+        err.print("no accounts yet: create them with `synpref annotate-user`", soft_wrap=True)
     uvicorn.run(verify, host=host, port=port, log_level="info")
 
 
