@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-annotate flow-stage2 flow-evaluate test test-fast bench lint format server worker chromium clean
+.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-annotate flow-stage2 flow-evaluate test test-fast bench lint format server worker chromium annotate-ui clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,7 @@ bench: install  ## benchmarks/ (ratios against an in-run baseline; see benchmark
 	$(BIN)/python -m benchmarks.bench_quality
 	$(BIN)/python -m benchmarks.bench_dtype
 	$(BIN)/python -m benchmarks.bench_annotate
+	$(BIN)/python -m benchmarks.bench_human
 
 lint: install
 	$(BIN)/ruff check .
@@ -71,6 +72,9 @@ server: install  ## Prefect server with the UI on http://127.0.0.1:4200
 
 worker: install  ## a Prefect worker on the `synpref` process work pool
 	bash infra/prefect/worker.sh
+
+annotate-ui: install  ## the human verification app on http://127.0.0.1:8765: make annotate-ui [DB=sqlite:///...]
+	$(BIN)/synpref annotate-ui $(if $(DB),--db $(DB))
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 chromium:  ## Debian's chromium + chromedriver for tests/flows/test_prefect_ui.py (which also installs them)

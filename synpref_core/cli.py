@@ -9,6 +9,11 @@
     synpref judge-calibrate GOLD_STAGE --judge best=RM_DIR --store .synpref/vectors
     synpref judge-calibrate GOLD_STAGE --panel panel.yaml   # real endpoints (a JudgePanel YAML)
     synpref audit-stage2 --noise 0.2 --seed 0           # Stage 2's noise-injection audit
+    synpref annotate-user ana ben --role annotator --credentials accounts.json
+    synpref annotate-batch PAIRS --name round-1 --annotator ana --annotator ben --overlap 2
+    synpref annotate-ui                            # human verification on http://127.0.0.1:8765
+    synpref annotate-export --out .synpref/human-gold
+    synpref replay-humans --dataset pandalm --data data/pandalm/testset-v1.json --credentials F
 
 ``ingest`` runs the same stages as the Prefect flow, in this process (or on Ray with
 ``--executor ray``), without a Prefect server or MLflow: the quick path for a laptop.
@@ -37,6 +42,7 @@ from synpref_core.config import (
     describe_invalid,
     load_config,
 )
+from synpref_core.human.commands import register_human_commands
 from synpref_core.rm.eval_results import EVAL_FORMATS, EvalResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -392,6 +398,9 @@ def _name_paths(items: list[str], flag: str) -> dict[str, str]:
 from synpref_core.cli_audit import audit_stage2  # noqa: E402
 
 app.command("audit-stage2")(audit_stage2)
+
+# Human verification: annotate-ui, annotate-user, annotate-batch, annotate-export, replay-humans.
+register_human_commands(app)
 
 
 def main() -> None:

@@ -17,6 +17,14 @@ DATA = REPO / "data"
 
 
 @pytest.fixture(scope="session")
+def chromium() -> tuple[str, str]:
+    """Paths of Debian's chromium and its chromedriver, installed with apt-get when missing."""
+    from tests.browser import install_chromium
+
+    return install_chromium()
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray with 2 CPUs for the whole session, started as the flows start it
     (loopback only, token auth on)."""

@@ -6,70 +6,30 @@
 
 The deployment is given tiny inputs (a small ingest, a tiny random-weight RM, stores under
 tmp_path) so that the run takes a minute or two on 2 CPUs; the form still shows every field.
-Chromium comes from Debian (`apt-get install chromium chromium-driver`): the fixture installs it
-when missing and apt-get is there, and skips, saying why, only when it cannot.
+Chromium comes from Debian (`apt-get install chromium chromium-driver`): the `chromium` fixture
+(tests/conftest.py, tests/browser.py) installs it when missing and apt-get is there, and skips,
+saying why, only when it cannot.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.browser import browser as _browser
 from tests.prefect_helpers import deploy, wait_for_flow_run
 
 ROUND = 2
 RUN_TIMEOUT_S = 480
 
 
-@pytest.fixture(scope="session")
-def chromium() -> tuple[str, str]:
-    """Paths of Debian's chromium and its chromedriver, installed with apt-get when missing."""
-    pytest.importorskip("selenium", reason="selenium (the dev extra) is not installed")
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        apt = shutil.which("apt-get")
-        if apt is None:
-            pytest.skip("chromium/chromedriver are missing and there is no apt-get to install them")
-        sudo: list[str] = []
-        if os.geteuid() != 0:
-            if not shutil.which("sudo"):
-                pytest.skip("chromium/chromedriver are missing; apt-get needs root (or sudo)")
-            sudo = ["sudo", "-n"]
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run([*sudo, apt, "update", "-q"], check=True, env=env, capture_output=True)
-        subprocess.run(
-            [*sudo, apt, "install", "-y", "-q", "chromium", "chromium-driver"],
-            check=True,
-            env=env,
-            capture_output=True,
-        )
-    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert browser and driver, "apt-get installed chromium, yet it is not on PATH"
-    return browser, driver
-
-
 def _tiny_retrieve_config(tmp_path: Path) -> dict[str, Any]:
     from tests.flow_helpers import tiny_retrieve_config
 
     return tiny_retrieve_config(tmp_path).model_dump(mode="json")
-
-
-def _browser(paths: tuple[str, str]) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = paths[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1400,1000")
-    return webdriver.Chrome(options=options, service=Service(paths[1]))
 
 
 def _click(driver: Any, element: Any) -> None:
