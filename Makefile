@@ -77,7 +77,7 @@ annotate-ui: install  ## the human verification app on http://127.0.0.1:8765: ma
 	$(BIN)/synpref annotate-ui $(if $(DB),--db $(DB))
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-chromium:  ## Debian's chromium + chromedriver for tests/flows/test_prefect_ui.py (which also installs them)
+chromium:  ## Debian's chromium + chromedriver for the browser tests (tests/browser.py also installs them)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 

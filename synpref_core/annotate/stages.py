@@ -87,13 +87,30 @@ def sample_seed(seed: int, pair_id: str, sample: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def require_pairs(stage: MapStage) -> None:
-    recorded = stage.parent.schemas.get("data")
-    if recorded != fingerprint(PAIR_SCHEMA):
-        raise StageError(
-            f"{stage.parent.uri}: not a pairs stage (its data is {stage.parent.stage!r} rows); "
-            f"{stage.name} reads pair rows"
-        )
+class PanelStage(MapStage):
+    """A map stage over a pairs stage that asks the judge panel (its "model": see the module
+    docstring); a subclass's ``map_batch`` leaves its request counts in ``self.counts``."""
+
+    holds_model = True
+    runtime_fields = _RUNTIME
+
+    def __init__(self, config: AttributeConfig | JudgeConfig):
+        super().__init__(config, parent=config.pairs)
+        if self.parent.schemas.get("data") != fingerprint(PAIR_SCHEMA):
+            raise StageError(
+                f"{self.parent.uri}: not a pairs stage (its data is {self.parent.stage!r} rows); "
+                f"{self.name} reads pair rows"
+            )
+        self.counts: dict[str, int] = {}
+
+    def fingerprint_model(self) -> str:
+        return panel_identity(self.settings.panel)
+
+    def load_model(self) -> OpenPanel:
+        return shared_panel(self.settings.panel)
+
+    def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
+        return self.counts
 
 
 def usage_counts(usage: Usage) -> dict[str, int]:
@@ -127,23 +144,10 @@ class AttributeConfig(ActorConfig):
     batch_rows: int = Field(256, ge=1, description="Pairs drafted at a time.")
 
 
-class AttributeStage(MapStage):
+class AttributeStage(PanelStage):
     name = "attributes"
-    holds_model = True
     output_schema = PAIR_SCHEMA
     error_schema = ERROR_SCHEMA
-    runtime_fields = _RUNTIME
-
-    def __init__(self, config: AttributeConfig):
-        super().__init__(config, parent=config.pairs)
-        require_pairs(self)
-        self.counts: dict[str, int] = {}
-
-    def fingerprint_model(self) -> str:
-        return panel_identity(self.settings.panel)
-
-    def load_model(self) -> OpenPanel:
-        return shared_panel(self.settings.panel)
 
     def missing(self, row: dict[str, Any]) -> list[str]:
         """The attributes of ``row`` to draft: gaps, or every non-human value with redraft."""
@@ -224,9 +228,6 @@ class AttributeStage(MapStage):
             _merge_usage(usage, more)
         return drafts, errors, usage
 
-    def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
-        return self.counts
-
 
 def _attributes_of(result: ChatResult) -> Any:
     """The validated attributes, the parse error, or the failed result itself."""
@@ -280,23 +281,16 @@ class JudgeConfig(ActorConfig):
     batch_rows: int = Field(256, ge=1, description="Candidates judged at a time.")
 
 
-class JudgeStage(MapStage):
+class JudgeStage(PanelStage):
     name = "judge"
-    holds_model = True
     output_schema = JUDGED_SCHEMA
-    runtime_fields = _RUNTIME
 
     def __init__(self, config: JudgeConfig):
         self.gold_version = _gold_version(config.store)
-        super().__init__(config, parent=config.pairs)
-        require_pairs(self)
-        self.counts: dict[str, int] = {}
+        super().__init__(config)
 
     def fingerprint_model(self) -> str:
-        return f"{panel_identity(self.settings.panel)}:gold-{self.gold_version}"
-
-    def load_model(self) -> OpenPanel:
-        return shared_panel(self.settings.panel)
+        return f"{super().fingerprint_model()}:gold-{self.gold_version}"
 
     def map_batch(self, batch: pa.RecordBatch, model: OpenPanel) -> pa.Table:
         from synpref_core.annotate.fewshot import few_shot_by_candidate
@@ -348,9 +342,6 @@ class JudgeStage(MapStage):
         if len(ids) != len(pairs):
             raise StageError(f"{self.name}: {len(pairs)} candidates, {len(ids)} judgements")
         return judgements
-
-    def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
-        return self.counts
 
 
 def _vote(prompt: tuple, result: ChatResult) -> Vote:
