@@ -261,6 +261,7 @@ def _judge_doubted(config, wild, best_scores, best, gold, executor, out: Path) -
     attributed = draft_attributes(
         AttributeConfig(pairs=doubted, panel=panel, out=str(out / "attributes")), executor
     )
+    record_manifest(attributed, prefix="attributes.")  # its requests and cost count too
     judging = JudgeConfig(
         pairs=attributed, panel=panel, store=config.store, few_shot=config.few_shot,
         out=str(out / "judged"),
