@@ -1,7 +1,8 @@
-"""The stage2 flow's noise-injection audit end to end: real Prefect, local Ray, tiny real RMs (a
-gold RM trained by the flow), the local judge server; the noisy copy of D_wild is what Stage 2
-curates, and the audit's metrics and table reach MLflow. The tiny RMs are random: no assertion
-on the quality figures, only on their presence and the accounting."""
+"""The stage2 flow's noise-injection audit end to end: real Prefect, local Ray, tiny real RMs
+(the gold RM given, so nothing trains: test_stage2_flow covers training), the local judge server;
+the noisy copy of D_wild is what Stage 2 curates, and the audit's metrics and table reach MLflow.
+The tiny RMs are random: no assertion on the quality figures, only on their presence and the
+accounting."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def test_the_audit_option_curates_the_noisy_copy_and_logs_the_audit(
     from flows.stage2 import stage2_flow
 
     config = tiny_stage2_config(tmp_path, audit_noise=0.3, audit_seed=1)
+    config = config.model_copy(update={"gold_rm": config.gold_training.model})
     summary = stage2_flow(config)
     wild = load_manifest(str(tmp_path / "stage2" / "wild"))
     noisy = load_manifest(str(tmp_path / "stage2" / "noisy"))
