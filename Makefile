@@ -58,6 +58,7 @@ bench: install  ## benchmarks/ (ratios against an in-run baseline; see benchmark
 	$(BIN)/python -m benchmarks.bench_dtype
 	$(BIN)/python -m benchmarks.bench_annotate
 	$(BIN)/python -m benchmarks.bench_human
+	$(BIN)/python -m benchmarks.bench_stage2
 
 lint: install
 	$(BIN)/ruff check .
