@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
+	# DeepSpeed's CPU shared-memory op is JIT-compiled on first use (~25 s): build it now, not
+	# inside the first training run.
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load(verbose=False)" \
+	  || echo "warning: DeepSpeed's CPU comm op did not build now; training will build it"
 	touch $(STAMP)
 
 install: $(STAMP)
