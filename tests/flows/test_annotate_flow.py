@@ -12,6 +12,7 @@ from tests.flow_helpers import tiny_retrieve_config
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # 40 s quiet; a retrieval round and an annotation pass, 460 s loaded
 def test_annotate_judges_a_rounds_candidates_and_calibrates(tmp_path, prefect_server, ray_local):
     import mlflow
 
