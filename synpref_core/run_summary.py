@@ -20,6 +20,7 @@ class RoundRecord(BaseModel):
     """One finished Stage 1 round (DESIGN §2 step 5)."""
 
     round: int
+    chain: str = Field("", description="Hash of the config and the round before (resume check).")
     rm_dir: str = Field(description="The round's best checkpoint.")
     rm_version: str | None = Field(None, description="Its registered MLflow model version.")
     mlflow_run_id: str | None = Field(None, description="The round's child run.")

@@ -44,14 +44,15 @@ def _experiment_id(cfg: TrackingConfig) -> str:
 
 @contextmanager
 def start_run(
-    cfg: TrackingConfig, run_name: str, tags: dict[str, str] | None = None
+    cfg: TrackingConfig, run_name: str, tags: dict[str, str] | None = None, nested: bool = False
 ) -> Iterator[Any]:
-    """Start (and end) an MLflow run; yields the active ``mlflow.ActiveRun``."""
+    """Start (and end) an MLflow run; yields the active ``mlflow.ActiveRun``. ``nested``: a child
+    of the active run (a Stage 1 round inside its flow run)."""
     import mlflow
 
     mlflow.set_tracking_uri(resolve_uri(cfg))
     with mlflow.start_run(
-        experiment_id=_experiment_id(cfg), run_name=run_name, tags=tags or {}
+        experiment_id=_experiment_id(cfg), run_name=run_name, tags=tags or {}, nested=nested
     ) as run:
         yield run
 

@@ -7,6 +7,7 @@ from prefect import task
 
 from synpref_core.config import ExecutorConfig
 from synpref_core.curation.consistency import ConsistencyConfig, ConsistencyStage, NeedsJudgeStage
+from synpref_core.curation.sets import SetConfig, SetStage
 from synpref_core.curation.v1select import (
     RmAgreesConfig,
     RmAgreesStage,
@@ -45,3 +46,9 @@ def top_fraction(config: TopFractionConfig, executor: ExecutorConfig) -> str:
 def rm_agrees(config: RmAgreesConfig, executor: ExecutorConfig) -> str:
     """v1: keep the pairs the RM already ranks right."""
     return run(RmAgreesStage(config), executor)
+
+
+@task(name="build-set")
+def build_set(config: SetConfig, executor: ExecutorConfig) -> str:
+    """A Stage 1 set: the union of pair stages in precedence order, less what humans decided."""
+    return run(SetStage(config), executor)

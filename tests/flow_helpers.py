@@ -111,3 +111,55 @@ def wild_stage2_config(tmp_path: Path, models: Path, **update):
             **update,
         }
     )
+
+
+def tiny_stage1_config(tmp_path: Path, models: Path | None = None, **update):
+    """Stage 1 over the first WILD_RECORDS hh-rlhf harmless records (the pool) with LLMBar
+    Natural as the seed set; a tiny real backbone trained a few steps per round, the local judge
+    on the round's RM, recorded hh-rlhf labels replayed as the humans; all under ``tmp_path``."""
+    from flows.stage1 import HumanStep, Stage1FlowConfig
+    from synpref_core.annotate.panel import JudgePanel
+    from synpref_core.config import IngestConfig, RuntimeConfig, SourceSpec, TrackingConfig
+    from synpref_core.curation.select import PairFilter
+    from synpref_core.retrieval.store import StoreConfig
+    from synpref_core.rm.train import TrainConfig
+    from tests.ingest_helpers import HH
+    from tests.rm_helpers import tiny_model_dir
+
+    models = models or tmp_path
+    source = models / "hh.jsonl"
+    if not source.exists():
+        models.mkdir(parents=True, exist_ok=True)
+        lines = gzip.decompress(HH.read_bytes()).splitlines(True)[:WILD_RECORDS]
+        source.write_bytes(b"".join(lines))
+    natural = DATA / "llmbar" / "Dataset" / "LLMBar" / "Natural"
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="s1")
+    config = Stage1FlowConfig(
+        ingest=IngestConfig(
+            sources=[
+                SourceSpec(format="hh-rlhf", paths=[str(source)]),
+                SourceSpec(format="llmbar", status="gold", paths=[str(natural)]),
+            ],
+            out=str(tmp_path / "ingest"),
+        ),
+        pool_on=PairFilter(sources=["hh-rlhf"], statuses=["unverified"]),
+        training=TrainConfig(
+            model=str(tiny_model_dir(models / "backbone", seed=1)),
+            profile="full",
+            max_length=64,
+            bf16=False,
+            micro_batch=4,
+            lr=1e-3,
+            max_steps=6,
+            eval_every=3,
+            workers=1,
+        ),
+        model_name="stage1-rm-test",
+        panel=JudgePanel(samples=2, cache_dir=str(tmp_path / "cache")),
+        calibration=PairFilter(split=(0.0, 0.3)),
+        human=HumanStep(size=12, db_url=f"sqlite:///{tmp_path / 'human.db'}"),
+        store=StoreConfig(uri=str(tmp_path / "vectors")),
+        out=str(tmp_path / "stage1"),
+        runtime=RuntimeConfig(tracking=tracking),
+    )
+    return config.model_copy(update=update)
