@@ -3,6 +3,7 @@ app's HTTP API, logging in as one account per recorded annotator, as a person wo
 
     synpref replay-humans --url http://127.0.0.1:8765 --dataset pandalm \\
         --data data/pandalm/testset-v1.json --credentials .synpref/replay-accounts.json
+    synpref replay-humans --dataset hh-rlhf --credentials .synpref/replay-accounts.json
 
 This is a replay, not annotation: every verdict it posts is a label a human gave when the
 dataset was made, and it says so (the accounts' note, every rationale). It reads the labels from

@@ -28,7 +28,7 @@ import secrets
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
@@ -57,7 +57,9 @@ class VerificationConfig(StrictModel):
     round: int = Field(ge=0, description="The round this step belongs to.")
     size: int = Field(100, ge=1, description="Pairs humans verify per round.")
     overlap: int = Field(2, ge=1, description="Annotators per item.")
-    annotators: list[str] = Field(min_length=1, description="Accounts that verify.")
+    annotators: list[str] = Field(
+        [], description="Accounts that verify (wait=none; wait=replay uses the replay accounts)."
+    )
     seed: int = Field(0, ge=0)
     statuses: list[Status] | None = Field(None, description="Only pairs with these statuses.")
     gold_root: str = Field(str(DEFAULT_HOME / "human-gold"), description="Gold stages go here.")
@@ -73,6 +75,12 @@ class VerificationConfig(StrictModel):
         BUNDLED_REPLAY_DATA,
         description="wait=replay: each dataset's files of recorded labels (default: bundled).",
     )
+
+    @model_validator(mode="after")
+    def _check_annotators(self) -> VerificationConfig:
+        if self.wait == "none" and not self.annotators:
+            raise ValueError("annotators: name at least one account (or set wait to 'replay')")
+        return self
 
 
 def batch_name(round_: int) -> str:

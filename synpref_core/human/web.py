@@ -53,7 +53,6 @@ class AppSettings(StrictModel):
     login_window_s: float = Field(300.0, gt=0, description="The rate limiter's window.")
 
 
-
 def shown_prompt(conversation: list[dict[str, str]]) -> str:
     """The prompt an item page shows: the conversation's last user turn (the replay matches
     recorded labels on exactly this text)."""
