@@ -4,5 +4,6 @@ and the replay client of recorded human labels.
 The pure parts (``batches``, ``agreement``, ``decide``) work on plain rows; ``store`` holds the
 SQLAlchemy models (SQLite in WAL mode by default, a Postgres URL at scale); ``app`` serves the
 annotation and admin pages; ``export`` writes verified items as gold shards with a manifest;
-``rounds`` is what a Stage-1 round calls.
+``rounds`` is what a Stage-1 round calls; ``replay`` submits recorded human labels over HTTP and
+``serve`` runs the app in-process for a replayed round.
 """

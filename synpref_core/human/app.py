@@ -46,6 +46,7 @@ from synpref_core.human.web import (
     field,
     make_templates,
     number,
+    shown_prompt,
     state,
     wants_json,
 )
@@ -224,13 +225,12 @@ def shown(item: store.Item) -> dict[str, Any]:
     first, second = (
         (pair["rejected"], pair["chosen"]) if item.swapped else (pair["chosen"], pair["rejected"])
     )
-    prompt = next((m["content"] for m in reversed(pair["conversation"]) if m["role"] == "user"), "")
     return {
         "id": item.id,
         "pair_id": item.pair_id,
         "position": item.position,
         "conversation": pair["conversation"],
-        "prompt": prompt,
+        "prompt": shown_prompt(pair["conversation"]),
         "first": first,
         "second": second,
         "attributes": item.attributes,

@@ -7,6 +7,7 @@
     synpref annotate-ui [--db URL] [--host 127.0.0.1] [--port 8765]
     synpref annotate-export --out .synpref/human-gold [--batch NAME]...
     synpref replay-humans --dataset pandalm --data data/pandalm/testset-v1.json --credentials F
+    synpref replay-humans --dataset hh-rlhf --credentials F     # the bundled hh-rlhf test split
 
 Bad input ends in one line on stderr and exit code 2, as everywhere in the CLI.
 """
@@ -199,9 +200,12 @@ def annotate_export(
 
 
 def replay_humans(
-    dataset: Annotated[str, typer.Option(help="'pandalm' or 'llmbar'.")],
-    data: Annotated[list[str], typer.Option(help="Dataset file or directory; repeatable.")],
+    dataset: Annotated[str, typer.Option(help="'pandalm', 'llmbar' or 'hh-rlhf'.")],
     credentials: Annotated[Path, typer.Option(help="JSON of the replay accounts' passwords.")],
+    data: Annotated[
+        list[str] | None,
+        typer.Option(help="Dataset file or directory; repeatable (default: the bundled one)."),
+    ] = None,
     url: Annotated[str, typer.Option(help="The running app.")] = "http://127.0.0.1:8765",
     batch: Annotated[str | None, typer.Option(help="Only this batch.")] = None,
 ) -> None:
@@ -209,9 +213,13 @@ def replay_humans(
     import httpx
 
     from synpref_core.human.replay import ReplayError, replay
+    from synpref_core.human.rounds import BUNDLED_REPLAY_DATA
 
+    if data is None and dataset not in BUNDLED_REPLAY_DATA:
+        raise _fail(f"unknown dataset {dataset!r}; choose one of {', '.join(BUNDLED_REPLAY_DATA)}")
     try:
-        result = replay(url, dataset, data, _read_credentials(credentials), batch)
+        paths = data or BUNDLED_REPLAY_DATA[dataset]
+        result = replay(url, dataset, paths, _read_credentials(credentials), batch)
     except ReplayError as exc:
         raise _fail(str(exc)) from exc
     except httpx.HTTPError as exc:

@@ -3,6 +3,7 @@ app's HTTP API, logging in as one account per recorded annotator, as a person wo
 
     synpref replay-humans --url http://127.0.0.1:8765 --dataset pandalm \\
         --data data/pandalm/testset-v1.json --credentials .synpref/replay-accounts.json
+    synpref replay-humans --dataset hh-rlhf --credentials .synpref/replay-accounts.json
 
 This is a replay, not annotation: every verdict it posts is a label a human gave when the
 dataset was made, and it says so (the accounts' note, every rationale). It reads the labels from
@@ -13,14 +14,22 @@ Accounts and the labels they replay:
 
 - ``pandalm``: ``pandalm-annotator1``..``3`` replay PandaLM's ``annotator1``..``3`` (1 / 2: that
   response is better, 0: tie, replayed as undecidable);
-- ``llmbar``: ``llmbar-expert`` replays LLMBar's expert ``label`` (1 / 2).
+- ``llmbar``: ``llmbar-expert`` replays LLMBar's expert ``label`` (1 / 2);
+- ``hh-rlhf``: ``hh-rlhf-crowd`` replays the crowd worker's choice (the record's ``chosen``
+  dialogue is the better one). Dialogues are split as ingestion splits them (the ``hh-rlhf``
+  adapter), and the prompt is the last human turn, as the item page shows it.
 
 An item is matched to its record by the prompt and the two response texts (whitespace
-collapsed); items of other datasets are skipped and counted.
+collapsed), never by the store's chosen side: a pair stored with its sides swapped (label
+noise) is answered with the recorded label, i.e. "the stored rejected side is better". Items of
+other datasets are skipped and counted. Dataset files are JSON (``.json``) or JSON lines
+(``.jsonl``), optionally gzipped (``.gz``); a directory stands for the files of that dataset's
+kind under it.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import unicodedata
 from dataclasses import dataclass, field
@@ -29,10 +38,17 @@ from typing import Any
 
 import httpx
 
+from synpref_core.config import SourceSpec
+from synpref_core.human.web import shown_prompt
+from synpref_core.ingest.formats import hh_rlhf
+from synpref_core.ingest.readers import RowError
+
 ACCOUNTS = {
     "pandalm": {f"pandalm-annotator{i}": f"annotator{i}" for i in (1, 2, 3)},
     "llmbar": {"llmbar-expert": "label"},
+    "hh-rlhf": {"hh-rlhf-crowd": "chosen"},
 }
+FILE_PATTERNS = {"pandalm": "*.json", "llmbar": "*.json", "hh-rlhf": "*.jsonl*"}
 NOTE = "replay of real human labels: {dataset} {column}"
 LOGIN_COOKIE = "synpref_login_csrf"
 
@@ -59,35 +75,54 @@ def load_records(dataset: str, paths: list[str]) -> dict[tuple, Record]:
     """Recorded labels keyed by (prompt, {response 1, response 2})."""
     if dataset not in ACCOUNTS:
         raise ReplayError(f"unknown dataset {dataset!r}; choose one of {', '.join(ACCOUNTS)}")
-    files = [f for p in paths for f in _files(Path(p))]
+    files = [f for p in paths for f in _files(Path(p), FILE_PATTERNS[dataset])]
     records: dict[tuple, Record] = {}
     for path in files:
-        try:
-            items = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ReplayError(f"{path}: cannot read the dataset: {exc}") from exc
-        for raw in items if isinstance(items, list) else []:
-            texts = _texts(dataset, raw) if isinstance(raw, dict) else None
+        for raw in _read(path):
+            texts = _texts(dataset, raw, path) if isinstance(raw, dict) else None
             if texts is None:
                 continue  # not a pair (ingest quarantines it too)
             prompt, first, second = texts
-            labels = {c: raw.get(c) for c in ACCOUNTS[dataset].values()}
+            if dataset == "hh-rlhf":
+                labels = {"chosen": "1"}  # response 1 is the dialogue the crowd chose
+            else:
+                labels = {c: raw.get(c) for c in ACCOUNTS[dataset].values()}
             records.setdefault(_key(prompt, first, second), Record(first, labels))
     if not records:
         raise ReplayError(f"no {dataset} records in {', '.join(paths)}")
     return records
 
 
-def _files(path: Path) -> list[Path]:
+def _files(path: Path, pattern: str) -> list[Path]:
     if path.is_dir():
-        return sorted(path.rglob("*.json"))
+        return sorted(path.rglob(pattern))
     if not path.exists():
         raise ReplayError(f"{path}: no such file")
     return [path]
 
 
-def _texts(dataset: str, raw: dict) -> tuple[str, str, str] | None:
-    if dataset == "pandalm":
+def _read(path: Path) -> list[Any]:
+    """The records of a JSON (a list) or JSON-lines file, gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    lines = ".jsonl" in path.suffixes
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            if lines:
+                return [json.loads(line) for line in f if line.strip()]
+            items = json.load(f)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ReplayError(f"{path}: cannot read the dataset: {exc}") from exc
+    return items if isinstance(items, list) else []
+
+
+def _texts(dataset: str, raw: dict, path: Path) -> tuple[str, str, str] | None:
+    if dataset == "hh-rlhf":
+        try:
+            (draft,) = hh_rlhf(raw, SourceSpec(format="hh-rlhf", paths=[str(path)]))
+        except RowError:
+            return None
+        texts = (shown_prompt(draft["conversation"]), draft["chosen"], draft["rejected"])
+    elif dataset == "pandalm":
         prompt, extra = raw.get("instruction"), raw.get("input") or ""
         if isinstance(prompt, str) and isinstance(extra, str) and extra.strip():
             prompt = f"{prompt}\n\n{extra}"

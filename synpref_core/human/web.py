@@ -53,6 +53,12 @@ class AppSettings(StrictModel):
     login_window_s: float = Field(300.0, gt=0, description="The rate limiter's window.")
 
 
+def shown_prompt(conversation: list[dict[str, str]]) -> str:
+    """The prompt an item page shows: the conversation's last user turn (the replay matches
+    recorded labels on exactly this text)."""
+    return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
+
+
 @dataclass
 class AppState:
     settings: AppSettings
