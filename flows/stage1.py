@@ -68,7 +68,7 @@ from synpref_core.curation.stage1 import (
     rounds_identity,
     save_round,
 )
-from synpref_core.human import store as human_store
+from synpref_core.human.rounds import VerificationConfig
 from synpref_core.io.lock import output_lock
 from synpref_core.retrieval.embed import EmbedConfig
 from synpref_core.retrieval.retrieve import RetrievalConfig
@@ -99,14 +99,22 @@ class HumanStep(StrictModel):
     size: int = Field(60, ge=1, description="Pairs humans verify per round.")
     overlap: int = Field(1, ge=1, description="Annotators per item.")
     annotators: list[str] = Field(
-        ["hh-rlhf-crowd"], min_length=1, description="Accounts the batch is assigned to."
+        [], description="Accounts the batch is assigned to (wait = none; replay: its accounts)."
+    )
+    replay: list[str] = Field(
+        ["hh-rlhf"],
+        description="wait = replay: the datasets whose recorded labels are replayed "
+        "(those the pool comes from).",
     )
     wait: Literal["none", "replay"] = Field(
         "replay",
         description="none: open the batch and go on (people label in the app; the next round "
         "collects); replay: post recorded human labels through the app's HTTP API (demo).",
     )
-    db_url: str = Field(human_store.DEFAULT_DB_URL, description="The verification app's store.")
+    db_url: str = Field(
+        "sqlite:///.synpref/stage1/human.db",
+        description="The verification app's store (make annotate-ui DB=...).",
+    )
     seed: int = Field(0, ge=0, description="Seeds the random part of the slice.")
 
 
@@ -252,11 +260,19 @@ def _setup(config: Stage1FlowConfig, out: Path) -> Setup:
         "seed-gold": {**gold, "split": (0.0, 1.0 - config.holdout), "seed": config.holdout_seed},
     }
     if config.holdout > 0:
-        splits["holdout"] = {**gold, "split": (1.0 - config.holdout, 1.0), "seed": config.holdout_seed}
+        splits["holdout"] = {
+            **gold,
+            "split": (1.0 - config.holdout, 1.0),
+            "seed": config.holdout_seed,
+        }
     for name, where in splits.items():
-        selected[name] = select_pairs(SelectConfig(input=pairs, out=str(out / name), **where), executor)
+        selected[name] = select_pairs(
+            SelectConfig(input=pairs, out=str(out / name), **where), executor
+        )
         record_manifest(selected[name], prefix=f"{name}.")
-    return Setup(pool=selected["pool"], seed_gold=selected["seed-gold"], holdout=selected["holdout"])
+    return Setup(
+        pool=selected["pool"], seed_gold=selected["seed-gold"], holdout=selected["holdout"]
+    )
 
 
 def _panel(config: Stage1FlowConfig, rm: str) -> JudgePanel:
@@ -335,7 +351,9 @@ def _round(
     judged = judge(judging, executor)
     judge_counts = record_manifest(judged, prefix="judge.")
     slice_ = select_pairs(
-        SelectConfig(input=gold, out=str(out / "calibration-gold"), **config.calibration.model_dump()),
+        SelectConfig(
+            input=gold, out=str(out / "calibration-gold"), **config.calibration.model_dump()
+        ),
         executor,
     )
     calibration = calibrate(
@@ -351,7 +369,13 @@ def _round(
     human: dict[str, int] = {}
     human_gold = None
     if config.human is not None:
-        human, human_gold = verify_round(config.human, judged_pairs, round_, str(Path(config.out) / "human-gold"))
+        step = config.human
+        verification = VerificationConfig(
+            db_url=step.db_url, pairs=judged_pairs, round=round_, size=step.size,
+            overlap=step.overlap, annotators=step.annotators, seed=step.seed, wait=step.wait,
+            gold_root=str(Path(config.out) / "human-gold"),
+        )  # fmt: skip
+        human, human_gold = verify_round(verification, step.replay)
 
     # 7. the new sets
     agree = SetInput(stage=attributed, judged=judged, outcomes=["agree"], status="silver",

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from synpref_core.config import config_hash
 from synpref_core.run_summary import RoundRecord, write_json
-from synpref_core.stages import load_manifest, read_stage
+from synpref_core.stages import StageError, load_manifest, read_stage
 
 UNKNOWN = "(no category)"
 
@@ -32,7 +32,9 @@ def gold_accuracy(scores: str, gold: str) -> tuple[float | None, dict[str, float
     cat = pl.DataFrame(
         {
             "pair_id": [row["pair_id"] for row in categories],
-            "category": [(row["task_category"] or {}).get("value") or UNKNOWN for row in categories],
+            "category": [
+                (row["task_category"] or {}).get("value") or UNKNOWN for row in categories
+            ],
         },
         schema={"pair_id": pl.String, "category": pl.String},
     )
@@ -86,7 +88,7 @@ def _manifests_exist(record: RoundRecord) -> bool:
     try:
         for uri in record.manifests.values():
             load_manifest(uri)
-    except Exception:  # noqa: BLE001 (any reason it cannot be read: the round runs again)
+    except (OSError, ValueError, StageError):  # unreadable: the round runs again
         return False
     return True
 
