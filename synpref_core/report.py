@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ def _png(fig: Any) -> bytes:
 
 
 def _lines(x: list[int], series: dict[str, list[float | None]], ylabel: str, pct: bool) -> bytes:
+    from matplotlib.ticker import PercentFormatter
+
     fig, ax = _figure()
     for label, ys in series.items():
         points = [(a, b) for a, b in zip(x, ys, strict=True) if b is not None]
@@ -127,7 +130,7 @@ def _lines(x: list[int], series: dict[str, list[float | None]], ylabel: str, pct
     ax.set_ylabel(ylabel)
     if pct:
         ax.set_ylim(0, 1)
-        ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _png(fig)
@@ -140,6 +143,10 @@ def _bars(groups: list[str], series: dict[str, list[float]], ylabel: str) -> byt
     for i, (label, values) in enumerate(series.items()):
         ax.bar([g + i * width for g in range(len(groups))], values, width, label=label)
     ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
+    if max(map(len, groups)) > 10:  # long labels (discard reasons) would overlap
+        ax.tick_params(axis="x", labelrotation=25)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
     if len(series) > 1:
@@ -274,7 +281,7 @@ def _stage2_section(stage2: dict[str, int], figs: dict[str, bytes]) -> Section:
         section.blocks.append(("table", Table(["reason", "pairs"], rows)))
     labels = outcomes + reasons
     if labels:
-        figs["stage2"] = _bars([k.replace("discarded:", "discarded:\n") for k in labels],
+        figs["stage2"] = _bars([k.replace("discarded:", "discarded: ") for k in labels],
                                {"pairs": [stage2[k] for k in labels]}, "pairs")  # fmt: skip
         section.blocks.append(("figure", "stage2"))
     return section
@@ -316,12 +323,14 @@ def _comparison_section(comparison: list[dict[str, Any]], figs: dict[str, bytes]
     acc = [float(row.get("accuracy") or 0.0) for row in comparison]
     lo = [a - float(row.get("lo", a)) for a, row in zip(acc, comparison, strict=True)]
     hi = [float(row.get("hi", a)) - a for a, row in zip(acc, comparison, strict=True)]
+    from matplotlib.ticker import PercentFormatter
+
     fig, ax = _figure(6, 2.8)
     ax.errorbar(range(len(names)), acc, yerr=[lo, hi], fmt="o", capsize=6)
     ax.set_xticks(range(len(names)), names)
     ax.set_xlim(-0.5, len(names) - 0.5)
     ax.set_ylabel("accuracy on held-out human pairs")
-    ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(alpha=0.3, axis="y")
     figs["comparison"] = _png(fig)
     section.blocks += [
@@ -336,7 +345,8 @@ def _steps_section(summary: Stage1Summary | DemoSummary, rounds: list[RoundRecor
     rows = []
     if isinstance(summary, DemoSummary):
         rows += [[s.step, f"{s.seconds:,.1f}", s.note] for s in summary.steps]
-    rows += [[f"stage1 round {r.round}", f"{r.seconds:,.1f}", ""] for r in rounds if r.seconds]
+    within = "within stage1" if rows else ""
+    rows += [[f"stage1 round {r.round}", f"{r.seconds:,.1f}", within] for r in rounds if r.seconds]
     if rows:
         section.blocks.append(("table", Table(["step", "seconds", "note"], rows)))
     else:
@@ -379,7 +389,8 @@ def build_sections(summary: Stage1Summary | DemoSummary) -> tuple[list[Section],
 def _header(summary: Stage1Summary | DemoSummary, source: str) -> tuple[str, list[str]]:
     demo = isinstance(summary, DemoSummary)
     stage1 = summary.stage1 if demo else summary
-    facts = [f"source: {source}", f"rounds: {len(stage1.rounds)}"]
+    facts = [f"source: {source}"] if source else []
+    facts.append(f"rounds: {len(stage1.rounds)}")
     facts += [f"{k}: {v}" for k, v in (("MLflow run", run_id(summary)), ("D_gold", stage1.gold),
               ("D_silver", stage1.silver), ("best RM", stage1.best_rm)) if v]  # fmt: skip
     return ("synpref demo report" if demo else "synpref Stage 1 report"), facts
@@ -400,7 +411,7 @@ h1{border-bottom:2px solid #3b6ea5;padding-bottom:.3rem}h2{margin-top:2.2rem;col
 h3{margin-bottom:.4rem}ul.facts{color:#555;font-size:.92rem}
 table{border-collapse:collapse;margin:.6rem 0;font-size:.9rem}
 th,td{border:1px solid #ccd3dd;padding:.25rem .6rem}th{background:#eef2f7;text-align:left}
-td{text-align:right;font-variant-numeric:tabular-nums}td:first-child{text-align:left}
+td{text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr:nth-child(even) td{background:#f8fafc}img{max-width:100%;display:block;margin:.5rem 0}
 p.note{color:#555;font-style:italic}
 """
@@ -415,7 +426,8 @@ _TEMPLATE = """<!DOCTYPE html>
 {% elif kind == "note" %}<p class="note">{{ value }}</p>
 {% elif kind == "figure" %}<img alt="{{ value }}" src="data:image/png;base64,{{ images[value] }}">
 {% else %}<table><thead><tr>{% for c in value.columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
-<tbody>{% for row in value.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+<tbody>{% for row in value.rows %}<tr>{% for cell in row %}<td{% if numeric(cell) %} class="num"\
+{% endif %}>{{ cell }}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
 {% endif %}{% endfor %}</section>
 {% endfor %}</body></html>
@@ -429,8 +441,18 @@ def _html(title: str, facts: list[str], sections: list[Section], figs: dict[str,
     env = jinja2.Environment(autoescape=True)
     images = {name: base64.b64encode(png).decode("ascii") for name, png in figs.items()}
     return env.from_string(_TEMPLATE).render(
-        title=title, facts=facts, sections=sections, images=images, css=Markup(_CSS)
+        title=title,
+        facts=facts,
+        sections=sections,
+        images=images,
+        css=Markup(_CSS),
+        numeric=_numeric,
     )
+
+
+def _numeric(cell: str) -> bool:
+    """Numbers (and their "–") align right."""
+    return bool(re.fullmatch(r"[–\d,.%-]+", cell))
 
 
 def _md_cell(text: str) -> str:
@@ -449,8 +471,11 @@ def _markdown(title: str, facts: list[str], sections: list[Section]) -> str:
             elif kind == "figure":
                 lines += ["", f"![{value}](report-{value}.png)"]
             else:
+                align = [
+                    all(_numeric(row[i]) for row in value.rows) for i in range(len(value.columns))
+                ]
                 lines += ["", "| " + " | ".join(map(_md_cell, value.columns)) + " |",
-                          "|---|" + "---:|" * (len(value.columns) - 1)]  # fmt: skip
+                          "|" + "".join("---:|" if a else "---|" for a in align)]  # fmt: skip
                 lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in value.rows]
     return "\n".join(lines) + "\n"
 

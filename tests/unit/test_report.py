@@ -51,7 +51,7 @@ def _round(i: int) -> RoundRecord:
         rm_dir=f"runs/round-{i}/best",
         mlflow_run_id=None,
         gold_accuracy=0.61 + 0.04 * i,
-        gold_accuracy_by_category={"chat": 0.66 + 0.03 * i, "code <b>&": 0.55 + 0.05 * i},
+        gold_accuracy_by_category={"chat": 0.66 + 0.03 * i, "code": 0.55 + 0.05 * i},
         sizes={
             "gold": 200 + 150 * i,
             "silver": 800 * i,
@@ -84,7 +84,9 @@ def _round(i: int) -> RoundRecord:
 def demo_summary(rounds: int = 3) -> DemoSummary:
     return DemoSummary(
         stage1=Stage1Summary(
-            rounds=[_round(i) for i in range(1, rounds + 1)], gold="g", silver="s"
+            rounds=[_round(i) for i in range(1, rounds + 1)],
+            gold="runs/demo/gold",
+            silver="runs/demo/silver",
         ),
         stage2={
             "kept": 700,
@@ -175,14 +177,22 @@ def test_html_is_self_contained_with_every_plot_inline():
         "Wall time",
     ):
         assert f"<h2>{heading}</h2>" in html
-    assert "code &lt;b&gt;&amp;" in html and "code <b>&" not in html  # text is escaped
     assert "not recorded" not in html
+
+
+def test_text_is_escaped():
+    summary = demo_summary(1)
+    summary.stage1.rounds[0].gold_accuracy_by_category["<b>code</b> & <script>"] = 0.5
+    report = render_report(summary, "<i>runs</i>")
+    assert "&lt;b&gt;code&lt;/b&gt; &amp; &lt;script&gt;" in report.html
+    assert "<b>" not in report.html and "<script" not in report.html and "<i>" not in report.html
+    assert "| &lt;b>code&lt;/b> & &lt;script> |" in report.markdown
 
 
 def test_markdown_twin_has_the_tables_and_links_the_pngs(tmp_path):
     report = render_report(demo_summary())
     md = report.markdown
-    assert "| round | overall | chat | code &lt;b>& |" in md
+    assert "| round | overall | chat | code |" in md
     assert "| 3 | 73.0% | 75.0% | 70.0% |" in md  # gold accuracy of round 3
     assert "| round | queries | queries_wrong | candidates | duplicates_removed |" in md
     assert "| round | candidates_k1 | candidates_k2 | candidates_k4 | candidates_k8 |" in md
@@ -193,7 +203,7 @@ def test_markdown_twin_has_the_tables_and_links_the_pngs(tmp_path):
     assert "40M-pair run" in md
     assert "| llmbar | 62.0% | 48.0% | 419 |" in md
     assert "| curated | 820 | 66.0% | 61.0% | 71.0% | 300 |" in md
-    assert "| stage1 round 2 | 340.0 |  |" in md
+    assert "| stage1 round 2 | 340.0 | within stage1 |" in md
     assert "code" in md and "| category |" not in md  # category slices are not in the drift
     paths = write_report(report, tmp_path)
     for name in report.figures:
