@@ -397,7 +397,9 @@ def _name_paths(items: list[str], flag: str) -> dict[str, str]:
 
 @app.command()
 def report(
-    run: Annotated[str, typer.Argument(help="A run directory, or its demo.json / stage1.json.")],
+    run: Annotated[
+        str, typer.Argument(metavar="RUN", help="A run directory, or its demo.json / stage1.json.")
+    ],
     out: Annotated[
         Path | None, typer.Option(help="Where report.html and report.md go (default: beside RUN).")
     ] = None,

@@ -313,6 +313,10 @@ def _evaluation_section(evaluation: list[dict[str, Any]]) -> Section:
     return section
 
 
+def _whisker(top: Any, bottom: Any) -> float:
+    return 0.0 if top is None or bottom is None else max(0.0, float(top) - float(bottom))
+
+
 def _comparison_section(comparison: list[dict[str, Any]], figs: dict[str, bytes]) -> Section:
     section = Section("Curated vs uncurated")
     if not comparison:
@@ -321,8 +325,9 @@ def _comparison_section(comparison: list[dict[str, Any]], figs: dict[str, bytes]
     section.blocks.append(("table", _rows_table(comparison)))
     names = [str(row.get("model", i)) for i, row in enumerate(comparison)]
     acc = [float(row.get("accuracy") or 0.0) for row in comparison]
-    lo = [a - float(row.get("lo", a)) for a, row in zip(acc, comparison, strict=True)]
-    hi = [float(row.get("hi", a)) - a for a, row in zip(acc, comparison, strict=True)]
+    # Whiskers from the intervals; a missing bound draws none (and bad data no negative one).
+    lo = [_whisker(a, row.get("lo")) for a, row in zip(acc, comparison, strict=True)]
+    hi = [_whisker(row.get("hi"), a) for a, row in zip(acc, comparison, strict=True)]
     from matplotlib.ticker import PercentFormatter
 
     fig, ax = _figure(6, 2.8)
