@@ -9,6 +9,8 @@ PNG figures). The HTML embeds every plot as a base64 PNG and its CSS inline, and
 so it opens offline and can be mailed as one file; the Markdown shows the same tables and links
 the PNGs :func:`write_report` writes beside it (``report-<figure>.png``). :func:`log_report`
 attaches the files to the summary's MLflow run. Sections without data say "not recorded".
+The file is long because each of the nine sections has its own small builder; they share the
+table and figure helpers above them and one renderer per format below.
 """
 
 from __future__ import annotations
