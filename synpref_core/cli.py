@@ -14,6 +14,7 @@
     synpref annotate-ui                            # human verification on http://127.0.0.1:8765
     synpref annotate-export --out .synpref/human-gold
     synpref replay-humans --dataset pandalm --data data/pandalm/testset-v1.json --credentials F
+    synpref report .synpref/demo                   # report.html + report.md of a run or the demo
 
 ``ingest`` runs the same stages as the Prefect flow, in this process (or on Ray with
 ``--executor ray``), without a Prefect server or MLflow: the quick path for a laptop.
@@ -392,6 +393,45 @@ def _name_paths(items: list[str], flag: str) -> dict[str, str]:
     if missing := [d for d in named.values() if not Path(resolve_backbone(d)).is_dir()]:
         raise ValueError(f"{missing[0]}: no such model directory")
     return named
+
+
+@app.command()
+def report(
+    run: Annotated[
+        str, typer.Argument(metavar="RUN", help="A run directory, or its demo.json / stage1.json.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Where report.html and report.md go (default: beside RUN).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow URI (default: SQLite under .synpref).")
+    ] = None,
+) -> None:
+    """Render a Stage 1 run or the demo as one self-contained HTML page and its Markdown twin;
+    attach both to the summary's MLflow run when it names one."""
+    from synpref_core.report import log_report, render_report, run_id, write_report
+    from synpref_core.run_summary import load_summary
+
+    try:
+        summary = load_summary(run)
+    except (OSError, ValueError, TypeError) as exc:  # JSON and pydantic errors are ValueErrors
+        raise _fail(f"{run}: not a run summary: {str(exc).splitlines()[0]}") from exc
+    if not summary.model_fields_set:
+        raise _fail(f"{run}: not a run summary (no stage1 or rounds)")
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    try:
+        paths = write_report(render_report(summary, str(run)), out or folder)
+    except OSError as exc:
+        raise _fail(_os_error(exc, str(out or folder))) from exc
+    if (mlflow_run := run_id(summary)) is not None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            log_report(paths, mlflow_run, tracking_uri)
+        except MlflowException as exc:
+            raise _fail(f"report written, but not logged to MLflow run {mlflow_run}: "
+                        f"{str(exc).splitlines()[0]}") from exc  # fmt: skip
+    Console().print(f"wrote {paths[0]} and {paths[1]}")
 
 
 # In its own module (it runs the stage2 flow); registered last, as it uses _fail.
