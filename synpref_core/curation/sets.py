@@ -139,9 +139,8 @@ class SetStage(Stage):
             for i, p, h in zip(ids, parents, human, strict=True)
         ]
         counts["excluded"], counts["duplicates"] = sum(human), sum(duplicate)
-        table = table.filter(
-            pa.array([not (h or d) for h, d in zip(human, duplicate, strict=True)])
-        )
+        keep = pa.array([not (h or d) for h, d in zip(human, duplicate, strict=True)], pa.bool_())
+        table = table.filter(keep)
         return table, counts, votes
 
     def run_shard(self, index: int, spec: dict[str, Any]) -> ShardResult:
