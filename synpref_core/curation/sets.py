@@ -130,14 +130,13 @@ class SetStage(Stage):
         table = table.filter(keep)
         counts["not_selected"] = counts["input_rows"] - table.num_rows
         ids, parents = table["pair_id"].to_pylist(), table["parent_id"].to_pylist()
-        human = [
-            i in excluded or (p is not None and p in excluded)
-            for i, p in zip(ids, parents, strict=True)
-        ]
-        duplicate = [
-            not h and (i in seen or (p is not None and p in seen))
-            for i, p, h in zip(ids, parents, human, strict=True)
-        ]
+        seen = set(seen)  # and the rows kept above in this file: a pair appears once here too
+        human, duplicate = [], []
+        for i, p in zip(ids, parents, strict=True):
+            human.append(i in excluded or (p is not None and p in excluded))
+            duplicate.append(not human[-1] and (i in seen or (p is not None and p in seen)))
+            if not (human[-1] or duplicate[-1]):
+                seen |= {i} if p is None else {i, p}
         counts["excluded"], counts["duplicates"] = sum(human), sum(duplicate)
         keep = pa.array([not (h or d) for h, d in zip(human, duplicate, strict=True)], pa.bool_())
         table = table.filter(keep)

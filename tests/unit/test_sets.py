@@ -154,6 +154,20 @@ def test_files_of_one_input_take_precedence_in_order(tmp_path):
     assert_reconciled(manifest)
 
 
+def test_a_pair_twice_in_one_file_appears_once(tmp_path):
+    # the same pair twice, and a pair followed by its swap, in a single input file
+    only = stage(
+        tmp_path, "only", [pair(1, tag="a"), pair(1, tag="b"), pair(2), pair(2, swapped=True)]
+    )
+    manifest = build(tmp_path, [SetInput(stage=only)])
+    assert [(r["pair_id"], r["source_file"]) for r in rows_of(manifest)] == [
+        (pid(1), "a"),
+        (pid(2), "x"),
+    ]
+    assert manifest.counts["duplicates"] == 2
+    assert_reconciled(manifest)
+
+
 def test_a_swapped_pair_listed_first_makes_the_original_a_duplicate(tmp_path):
     human = stage(tmp_path, "human", [pair(1, swapped=True, status="gold")])
     silver = stage(tmp_path, "silver", [pair(1), pair(2)])
