@@ -37,6 +37,7 @@ from synpref_core.stages import (
     ShardResult,
     Stage,
     load_manifest,
+    manifest_uri,
     part_name,
     read_stage,
     stage_identity,
@@ -111,7 +112,7 @@ class SetStage(Stage):
     ) -> tuple[pa.Table, dict[str, int], dict[str, list[dict]]]:
         """One input file's rows in the set (before restamping), its counts and the votes."""
         settings = self.settings.inputs[spec["input"]]
-        if settings.stage in self.settings.exclude:
+        if _where(settings.stage) in {_where(uri) for uri in self.settings.exclude}:
             excluded = set()  # an exclude stage that is also an input is not excluded from itself
         table = _read(spec["path"], schema.PAIR_SCHEMA.names)
         counts = {"input_rows": table.num_rows}
@@ -159,6 +160,13 @@ class SetStage(Stage):
             "files": [{"path": rel, "kind": "data", "rows": writer.rows, "bytes": writer.size()}],
             "counts": counts,
         }
+
+
+def _where(uri: str) -> tuple[str, str]:
+    """A stage's manifest, however the stage is spelled (its directory, a trailing slash, the
+    manifest file, a relative path)."""
+    fs, path = fsio.resolve(manifest_uri(uri))
+    return fs.type_name, path
 
 
 def _ids(table: pa.Table) -> set[str]:

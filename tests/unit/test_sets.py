@@ -230,6 +230,14 @@ def test_an_exclude_stage_that_is_an_input_keeps_its_own_pairs(tmp_path):
     assert_reconciled(manifest)
 
 
+@pytest.mark.parametrize("spelling", ["{}/manifest.json", "{}/", "{}/../human"])
+def test_an_exclude_stage_is_itself_however_it_is_spelled(tmp_path, spelling):
+    human = stage(tmp_path, "human", [pair(1, swapped=True, status="gold"), pair(2)])
+    manifest = build(tmp_path, [SetInput(stage=spelling.format(human))], exclude=[human])
+    assert ids_of(manifest) == [pid(1, swapped=True), pid(2)]
+    assert manifest.counts["excluded"] == 0
+
+
 # -- judges' outcomes, statuses, restamping -----------------------------------------------------
 
 
