@@ -163,3 +163,27 @@ def tiny_stage1_config(tmp_path: Path, models: Path | None = None, **update):
         runtime=RuntimeConfig(tracking=tracking),
     )
     return config.model_copy(update=update)
+
+
+def tiny_demo_config(tmp_path: Path, models: Path | None = None, **update):
+    """The whole demo on tiny parts: Stage 1 (tiny_stage1_config) over half of the hh-rlhf
+    records, Stage 2 over the other half, OffsetBias as the final benchmark."""
+    from flows.demo import DemoFlowConfig
+    from synpref_core.curation.select import PairFilter
+
+    stage1 = tiny_stage1_config(tmp_path, models)
+    stage1 = stage1.model_copy(
+        update={
+            "pool_on": PairFilter(sources=["hh-rlhf"], statuses=["unverified"], split=(0.0, 0.5))
+        }
+    )
+    config = DemoFlowConfig(
+        ingest=stage1.ingest,
+        stage1=stage1,
+        wild_on=PairFilter(sources=["hh-rlhf"], statuses=["unverified"], split=(0.5, 1.0)),
+        training=stage1.training,
+        benchmarks={"offsetbias": [str(DATA / "offsetbias")]},
+        out=str(tmp_path / "demo"),
+        runtime=stage1.runtime,
+    )
+    return config.model_copy(update=update)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 def few_shot_by_candidate(config: JudgeConfig, pairs: list[dict[str, Any]]) -> dict[str, list]:
     """candidate pair_id → its few-shot gold rows, nearest first (absent: none found)."""
     ids = [p["pair_id"] for p in pairs]
-    with VectorStore(config.store) as store:
+    with VectorStore(config.store, read_only=True) as store:
         vectors = candidate_vectors(store, pairs, config.embed_model, config.embed_max_chars)
         table = few_shot_examples(store, ids, config.few_shot, vectors=vectors)
     shots: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -360,7 +360,7 @@ def _gold_version(store: StoreConfig | None) -> int:
         return 0
     from synpref_core.retrieval.store import VectorStore
 
-    with VectorStore(store) as vectors:
+    with VectorStore(store, read_only=True) as vectors:
         if not vectors.exists("gold") or not vectors.count("gold"):
             return 0
         return vectors.version("gold") or 0

@@ -100,3 +100,33 @@ def save_round(out: str | Path, record: RoundRecord) -> Path:
 def counts_of(manifest: str, keys: tuple[str, ...] | None = None) -> dict[str, int]:
     counts: dict[str, Any] = load_manifest(manifest).counts
     return {k: int(v) for k, v in counts.items() if keys is None or k in keys}
+
+
+def heldout_accuracy(scores: str, seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
+    """Share of pairs an RM ranks right (p > 0.5) with a 95% bootstrap interval: ``accuracy``,
+    ``lo``, ``hi``, ``pairs``."""
+    import numpy as np
+
+    right = np.asarray(read_stage(scores, ["p"])["p"].to_numpy(zero_copy_only=False) > 0.5)
+    if right.size == 0:
+        return {"accuracy": None, "lo": None, "hi": None, "pairs": 0}
+    draws = np.random.default_rng(seed).choice(right, size=(resamples, right.size)).mean(axis=1)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {
+        "accuracy": float(right.mean()),
+        "lo": float(lo),
+        "hi": float(hi),
+        "pairs": int(right.size),
+    }
+
+
+def length_baseline(pairs: str) -> float | None:
+    """Share of pairs whose chosen response is the longer one (the length baseline)."""
+    table = read_stage(pairs, ["chosen", "rejected"])
+    if table.num_rows == 0:
+        return None
+    longer = [
+        len(c) > len(r)
+        for c, r in zip(table["chosen"].to_pylist(), table["rejected"].to_pylist(), strict=True)
+    ]
+    return sum(longer) / len(longer)

@@ -132,13 +132,16 @@ class VectorStore:
     Use as a context manager, or call :meth:`close`: it waits for queued writes.
     """
 
-    def __init__(self, config: StoreConfig | None = None):
+    def __init__(self, config: StoreConfig | None = None, read_only: bool = False):
         import lancedb
 
         self.config = config or StoreConfig()
-        # One writing process per store (synpref_core.io.lock): a second fails at once.
+        self.read_only = read_only
+        # One writing process per store (synpref_core.io.lock): a second fails at once. Readers
+        # (few-shot lookups on many actors at once) take no lock and may not write.
         self._owner = contextlib.ExitStack()
-        self._owner.enter_context(output_lock(self.config.uri))
+        if not read_only:
+            self._owner.enter_context(output_lock(self.config.uri))
         self._db = lancedb.connect(self.config.uri, storage_options=self.config.storage_options)
         self._tables: dict[str, Any] = {}
         self._models: dict[str, tuple[str, str]] = {}
@@ -252,6 +255,8 @@ class VectorStore:
         ).result()
 
     def _submit(self, job: _Job) -> Future:
+        if self.read_only:
+            raise StoreError(f"{self.config.uri}: opened read-only, cannot {job.kind}")
         if not self._writer.is_alive():
             raise StoreError("the store is closed")
         self._queue.put(job)
