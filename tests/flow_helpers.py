@@ -5,6 +5,7 @@ over the same sources or over hh-rlhf in several shards."""
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 from tests.conftest import DATA
@@ -187,3 +188,23 @@ def tiny_demo_config(tmp_path: Path, models: Path | None = None, **update):
         runtime=stage1.runtime,
     )
     return config.model_copy(update=update)
+
+
+def subprocess_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A flow run's environment for ``python -m flows.X`` in a subprocess: this checkout,
+    Prefect's temporary server in a private home (given time to start on a loaded machine), no
+    inherited Prefect API or Ray address."""
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "RAY_"))}
+    return {
+        **env,
+        "PYTHONPATH": str(REPO),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **extra,
+    }

@@ -37,28 +37,14 @@ import yaml
 from synpref_core.io.lock import LOCK_FILE
 from synpref_core.stages import load_manifest, read_stage
 from tests.conftest import REPO
-from tests.flow_helpers import wild_stage2_config
+from tests.flow_helpers import subprocess_env, wild_stage2_config
 from tests.prefect_helpers import free_port
 
 RUN_TIMEOUT_S = 900  # one flow run: ~2 min on 2 busy CPUs
 RAY = str(REPO / ".venv" / "bin" / "ray")
 
 
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A flow run's environment: this checkout, Prefect's temporary server in a private home
-    (given time to start on a loaded machine), no inherited Prefect API or Ray address."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_", "RAY_"))}
-    return {
-        **env,
-        "PYTHONPATH": str(REPO),
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        **extra,
-    }
+_env = subprocess_env
 
 
 def _start(config, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
