@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-annotate flow-stage2 flow-evaluate test test-fast bench lint format server worker chromium annotate-ui clean
+.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-annotate flow-stage1 flow-stage2 flow-evaluate test test-fast bench lint format server worker ui chromium annotate-ui clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ flow-retrieve: install  ## one retrieval round with the latest registered RM: ma
 
 flow-annotate: install  ## judge round 1's candidates (local judge server on the latest RM), calibrate
 	$(BIN)/python -m flows.annotate $(if $(CONFIG),--config $(CONFIG))
+
+flow-stage1: install  ## Stage 1 rounds on embedded defaults (resumes after the last done): make flow-stage1 [ROUNDS=3] [CONFIG=...]
+	$(BIN)/python -m flows.stage1 $(if $(CONFIG),--config $(CONFIG)) $(if $(ROUNDS),--rounds $(ROUNDS))
 
 flow-stage2: install  ## Stage 2 now on embedded defaults (bundled hh-rlhf as D_wild, registered RMs)
 	$(BIN)/python -m flows.stage2 $(if $(CONFIG),--config $(CONFIG))
@@ -77,6 +80,9 @@ server: install  ## Prefect server with the UI on http://127.0.0.1:4200
 
 worker: install  ## a Prefect worker on the `synpref` process work pool
 	bash infra/prefect/worker.sh
+
+ui: install  ## server + worker + all deployments in one terminal; UI on http://127.0.0.1:4200, Ctrl-C stops
+	bash infra/prefect/ui.sh
 
 annotate-ui: install  ## the human verification app on http://127.0.0.1:8765: make annotate-ui [DB=sqlite:///...]
 	$(BIN)/synpref annotate-ui $(if $(DB),--db $(DB))
