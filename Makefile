@@ -27,10 +27,11 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-demo: install  ## ingest the bundled real datasets (Prefect flow on local Ray, MLflow on SQLite)
-	$(BIN)/python -m flows.ingest
+demo: install  ## the whole pipeline on the bundled data: ingest, Stage 1 (2 rounds), Stage 2, report
+	$(BIN)/python -m flows.demo $(if $(CONFIG),--config $(CONFIG))
 
-flow-ingest: demo
+flow-ingest: install  ## ingest the bundled real datasets (Prefect flow on local Ray, MLflow on SQLite)
+	$(BIN)/python -m flows.ingest
 
 flow-train-rm: install  ## train MiniLM on 80% of bundled hh-rlhf harmless, register, evaluate
 	$(BIN)/python -m flows.train_rm
@@ -66,6 +67,7 @@ bench: install  ## benchmarks/ (ratios against an in-run baseline; see benchmark
 	$(BIN)/python -m benchmarks.bench_annotate
 	$(BIN)/python -m benchmarks.bench_human
 	$(BIN)/python -m benchmarks.bench_stage2
+	$(BIN)/python -m benchmarks.bench_demo
 
 lint: install
 	$(BIN)/ruff check .

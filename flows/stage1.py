@@ -191,7 +191,11 @@ def run_stage1(config: Stage1FlowConfig, more: int | None) -> dict[str, Any]:
     out = Path(config.out)
     identity = rounds_identity(config, NOT_ROUND_FIELDS)
     tags = {"flow": "stage1", "prefect_flow_run_id": str(flow_run.id or "")}
-    with tracking.start_run(config.runtime.tracking, "stage1", tags) as parent:
+    # One run per `out` at a time (two clicks on Run): the second fails at once naming the first.
+    with (
+        output_lock(str(out / "rounds")),
+        tracking.start_run(config.runtime.tracking, "stage1", tags) as parent,
+    ):
         tracking.log_config(config)
         setup = _setup(config, out)
         records = completed_rounds(out, identity)
@@ -221,7 +225,9 @@ def run_stage1(config: Stage1FlowConfig, more: int | None) -> dict[str, Any]:
             best_rm=records[last - 1].rm_dir if records else None,
         )
         path = write_json(summary, out / "stage1.json")
-        tracking.log_table([r.model_dump(exclude={"manifests"}) for r in records], "rounds.json")
+        tracking.log_table(
+            [r.model_dump(exclude={"manifests"}) for r in summary.rounds], "rounds.json"
+        )
         create_table_artifact(
             key="stage1-rounds",
             table=[_round_row(r) for r in summary.rounds],
@@ -285,7 +291,7 @@ def _panel(config: Stage1FlowConfig, rm: str) -> JudgePanel:
 def _round(
     config: Stage1FlowConfig, setup: Setup, round_: int, records: list[RoundRecord], identity: str
 ) -> RoundRecord:
-    started = time.perf_counter()
+    clock = Laps()
     executor, out = config.runtime.executor, Path(config.out) / f"round-{round_}"
     previous = records[-1] if records else None
     gold = previous.manifests["gold"] if previous else None
@@ -302,6 +308,7 @@ def _round(
     version = register_rm(result, training, config.runtime.tracking, config.model_name)
     rm = result.best_dir
 
+    clock.lap("train")
     # 3. (round 1) the seed gold's attributes, then pool and gold into the store
     setup_panel = _panel(config, first or rm)
     if gold is None:
@@ -318,6 +325,7 @@ def _round(
         tracking.log_counts(index_embeddings(config.store, embedded), "store.")
     manifests["gold_in"] = gold
 
+    clock.lap("store")
     # 2. score gold: p per pair, accuracy overall and per category
     max_length = resolve_profile(training).max_length
     scores = score_gold(
@@ -330,6 +338,7 @@ def _round(
         | {f"gold.accuracy.{_key(c)}": v for c, v in by_category.items()}
     )
 
+    clock.lap("score_gold")
     # 4. adaptive retrieval from the pool
     candidates = retrieve(
         RoundConfig(scores=scores, store=config.store, retrieval=config.retrieval,
@@ -337,6 +346,7 @@ def _round(
     )  # fmt: skip
     retrieval = record_manifest(candidates, prefix="retrieval.")
 
+    clock.lap("retrieve")
     # 5. attributes, judging, calibration against gold
     panel = _panel(config, rm)
     pairs = gather(GatherConfig(ids=candidates, pairs=setup.pool, out=str(out / "pairs")), executor)
@@ -365,6 +375,7 @@ def _round(
         executor,
     )  # fmt: skip
 
+    clock.lap("annotate")
     # 6. humans verify a slice; every verdict decided so far becomes gold
     human: dict[str, int] = {}
     human_gold = None
@@ -377,6 +388,7 @@ def _round(
         )  # fmt: skip
         human, human_gold = verify_round(verification, step.replay)
 
+    clock.lap("human")
     # 7. the new sets
     agree = SetInput(stage=attributed, judged=judged, outcomes=["agree"], status="silver",
                      decided_by="llm", round=round_)  # fmt: skip
@@ -416,6 +428,7 @@ def _round(
             executor,
         )
         index_embeddings(config.store, [vectors])
+    clock.lap("sets")
     manifests |= {"candidates": candidates, "judged": judged, "judged_pairs": judged_pairs}
     return RoundRecord(
         round=round_,
@@ -430,16 +443,41 @@ def _round(
         judge_vs_gold=calibration,
         human=human,
         manifests=manifests,
-        seconds=time.perf_counter() - started,
+        seconds=clock.total(),
+        timings=clock.laps,
     )
+
+
+class Laps:
+    """Wall time of each step of a round (where a round's time goes: RoundRecord.timings)."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self.last, 2)
+        self.last = now
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.started, 2)
 
 
 def _key(category: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in category)
 
 
+def _one_line(exc: Any) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+
+
 def main() -> None:
+    from pydantic import ValidationError
+
     from synpref_core.annotate.client import EndpointDownError
+    from synpref_core.io.lock import LockedError
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, help="Stage1FlowConfig YAML (default: embedded)")
@@ -448,11 +486,14 @@ def main() -> None:
     args = parser.parse_args()
     try:
         config = load_config(args.config, Stage1FlowConfig) if args.config else Stage1FlowConfig()
-        if args.rounds:
-            config = config.model_copy(update={"rounds": args.rounds})
+        if args.rounds is not None:
+            config = Stage1FlowConfig.model_validate({**config.model_dump(), "rounds": args.rounds})
         result = (stage1_round_flow if args.next else stage1_flow)(config)
-    except (ConfigError, StageError, ModelNotFoundError, EndpointDownError) as exc:
+    except (ConfigError, StageError, ModelNotFoundError, EndpointDownError, LockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ValidationError as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         sys.exit(2)
     print(f"{result['rounds']} rounds; summary: {result['summary']}")
     print(f"report: synpref report {Path(result['summary']).parent}")

@@ -358,6 +358,11 @@ def _steps_section(summary: Stage1Summary | DemoSummary, rounds: list[RoundRecor
         section.blocks.append(("table", Table(["step", "seconds", "note"], rows)))
     else:
         section.blocks.append(("note", "Wall time: not recorded."))
+    steps = list(dict.fromkeys(k for r in rounds for k in r.timings))
+    if steps:  # where each round's time goes
+        section.blocks.append(("h3", "Seconds per step of each round"))
+        table = [[str(r.round), *(f"{r.timings.get(k, 0.0):,.1f}" for k in steps)] for r in rounds]
+        section.blocks.append(("table", Table(["round", *steps], table)))
     return section
 
 

@@ -49,6 +49,10 @@ class RoundRecord(BaseModel):
     )
     manifests: dict[str, str] = Field(default_factory=dict, description="name → manifest URI.")
     seconds: float = 0.0
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per step: train, store, score_gold, retrieve, annotate, human, sets.",
+    )
 
 
 class Stage1Summary(BaseModel):

@@ -62,7 +62,7 @@ def record_path(out: str | Path, round_: int) -> Path:
 
 def chain_hash(identity: str, previous: RoundRecord | None) -> str:
     """A round's place in its run: the config identity and the record before it."""
-    before = "" if previous is None else previous.model_dump_json(exclude={"seconds"})
+    before = "" if previous is None else previous.model_dump_json(exclude={"seconds", "timings"})
     return config_hash({"identity": identity, "previous": before})
 
 

@@ -1,12 +1,15 @@
-"""The stage1 flow end to end on tiny real parts (issue 13), as a user runs it:
-``python -m flows.stage1 --config CFG.yaml`` in its own process group (real Prefect with its
+"""The whole pipeline end to end on tiny real parts (issue 13), as a user runs it:
+``python -m flows.demo --config CFG.yaml`` in its own process group (real Prefect with its
 temporary server, local Ray, DeepSpeed training through Ray Train, a real LanceDB store, the
 local judge server on each round's RM, the verification app served in-process and the hh-rlhf
-crowd's recorded labels replayed over its HTTP API, MLflow on SQLite).
+crowd's recorded labels replayed over its HTTP API, MLflow on SQLite): Stage 1 in 2 rounds over
+half of 200 hh-rlhf records with LLMBar Natural as the seed set, a gold RM, Stage 2 over the
+other half with 20% swapped, the comparison and the report.
 
-The run is SIGKILLed (the whole process group) as soon as round 1's record is written, then run
-again: it must resume at round 2 without touching round 1, and the finished run must account for
-every set, with one MLflow parent run and a child run per round, and render as a report.
+The run is SIGKILLed (the whole process group) as soon as Stage 1's round 1 record is written,
+then run again: Stage 1 must resume at round 2 without touching round 1, the finished Stage 1
+must account for every set, with one MLflow parent run and a child run per round, and the demo
+must finish with its summary, its report and every Stage 2 pair accounted for.
 """
 
 from __future__ import annotations
@@ -22,21 +25,21 @@ import pytest
 import yaml
 
 from synpref_core.curation.stage1 import chain_hash, record_path, rounds_identity
-from synpref_core.run_summary import RoundRecord, Stage1Summary
+from synpref_core.run_summary import DemoSummary, RoundRecord, Stage1Summary
 from synpref_core.stages import load_manifest, read_stage
 from tests.conftest import REPO
-from tests.flow_helpers import subprocess_env, tiny_stage1_config
+from tests.flow_helpers import subprocess_env, tiny_demo_config
 
-RUN_TIMEOUT_S = 1200  # two rounds: ~2.5 min quiet, several times that on a busy 2-core box
+RUN_TIMEOUT_S = 1500  # the tiny demo: ~5 min quiet, several times that on a busy 2-core box
 
 
 def _start(config, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
     root = Path(config.out).parent
-    path, log = root / "stage1.yaml", root / "stage1.log"
+    path, log = root / "demo.yaml", root / "demo.log"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     with log.open("ab") as handle:
         proc = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "python"), "-m", "flows.stage1", "--config", str(path)],
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "flows.demo", "--config", str(path)],
             cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     return proc, log
@@ -51,14 +54,15 @@ def _versions(config) -> list:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2 * RUN_TIMEOUT_S + 300)
-def test_stage1_killed_between_rounds_resumes_at_the_next_round(tmp_path):
+def test_demo_killed_between_stage1_rounds_resumes_at_the_next_round(tmp_path):
     from flows.stage1 import NOT_ROUND_FIELDS
 
-    config = tiny_stage1_config(tmp_path, rounds=2)
+    demo = tiny_demo_config(tmp_path)
+    config = demo.stage1.model_copy(update={"pairs": None})
     env = subprocess_env(tmp_path)
     first, second = record_path(config.out, 1), record_path(config.out, 2)
 
-    proc, log = _start(config, env)
+    proc, log = _start(demo, env)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not first.exists():
@@ -72,7 +76,7 @@ def test_stage1_killed_between_rounds_resumes_at_the_next_round(tmp_path):
     round1 = (first.read_bytes(), first.stat().st_mtime_ns)
     assert len(_versions(config)) == 1
 
-    proc, log = _start(config, env)
+    proc, log = _start(demo, env)
     try:
         rc = proc.wait(timeout=RUN_TIMEOUT_S)
     finally:
@@ -84,8 +88,10 @@ def test_stage1_killed_between_rounds_resumes_at_the_next_round(tmp_path):
     assert "resuming after round 1" in text
     assert (first.read_bytes(), first.stat().st_mtime_ns) == round1, "round 1 was redone"
     assert len(_versions(config)) == 2  # round 1's RM was not trained again
+    assert "synpref demo finished" in text
 
-    # the finished run: records chained to this config, every set accounted for
+    # the finished Stage 1: records chained to its config, every set accounted for
+    config = config.model_copy(update={"pairs": _pairs(demo)})
     records = [RoundRecord.model_validate_json(p.read_text()) for p in (first, second)]
     identity = rounds_identity(config, NOT_ROUND_FIELDS)
     assert records[0].chain == chain_hash(identity, None)
@@ -95,7 +101,9 @@ def test_stage1_killed_between_rounds_resumes_at_the_next_round(tmp_path):
     seed = load_manifest(str(Path(config.out) / "seed-gold")).rows
     holdout = load_manifest(str(Path(config.out) / "holdout")).rows
     assert seed > 0 and holdout > 0
-    held_out = set(read_stage(str(Path(config.out) / "holdout"), ["pair_id"])["pair_id"].to_pylist())
+    held_out = set(
+        read_stage(str(Path(config.out) / "holdout"), ["pair_id"])["pair_id"].to_pylist()
+    )
     for record in records:
         judged = record.judge
         assert sum(judged.values()) == record.retrieval["candidates"] > 0
@@ -135,7 +143,7 @@ def test_stage1_killed_between_rounds_resumes_at_the_next_round(tmp_path):
         metrics = rounds[str(record.round)].data.metrics
         assert metrics["gold.accuracy"] == pytest.approx(record.gold_accuracy)
         assert metrics["sets.silver"] == record.sizes["silver"]
-        assert metrics["retrieval.candidates"] == record.retrieval["candidates"]
+        assert metrics["retrieval_candidates"] == record.retrieval["candidates"]
         assert any(row["slice"] == "all" for row in record.judge_vs_gold)
         assert record.rm_version in {v.version for v in _versions(config)}
 
@@ -148,3 +156,28 @@ def test_stage1_killed_between_rounds_resumes_at_the_next_round(tmp_path):
     html = (Path(config.out) / "report.html").read_text()
     assert "Round" in html or "round" in html
     assert json.loads((Path(config.out) / "stage1.json").read_text())["rounds"]
+
+    # the rest of the demo: Stage 2 accounts for every wild pair; the comparison and the report
+    summary = DemoSummary.model_validate_json((Path(demo.out) / "demo.json").read_text())
+    wild = load_manifest(str(Path(demo.out) / "wild")).rows
+    counts = summary.stage2
+    assert counts["kept"] + counts["flipped"] + counts["discarded"] == wild > 0
+    assert [row["metric"] for row in summary.audit]  # the noise audit ran
+    models = [row["model"] for row in summary.comparison]
+    assert any(m.startswith("curated") for m in models)
+    assert any(m.startswith("uncurated") for m in models)
+    for row in summary.comparison:
+        assert row["pairs"] == holdout
+        if row["lo"] is not None:
+            assert row["lo"] <= row["accuracy"] <= row["hi"]
+    assert [e["benchmark"] for e in summary.evaluation] == list(demo.benchmarks)
+    assert len(summary.steps) == 7 and all(s.seconds >= 0 for s in summary.steps)
+    report = (Path(demo.out) / "report.html").read_text()
+    assert "data:image/png;base64," in report
+    artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id, "report")}
+    assert "report/report.html" in artifacts
+
+
+def _pairs(demo) -> str:
+    """The ingested stage the demo gave Stage 1 (its config's `pairs`, part of its identity)."""
+    return str(Path(demo.ingest.out) / "manifest.json")
