@@ -145,7 +145,7 @@ def test_demo_killed_between_stage1_rounds_resumes_at_the_next_round(tmp_path):
         assert metrics["sets.silver"] == record.sizes["silver"]
         assert metrics["retrieval_candidates"] == record.retrieval["candidates"]
         assert any(row["slice"] == "all" for row in record.judge_vs_gold)
-        assert record.rm_version in {v.version for v in _versions(config)}
+        assert record.rm_version in {str(v.version) for v in _versions(config)}
 
     report = subprocess.run(
         [str(REPO / ".venv" / "bin" / "synpref"), "report", config.out,
