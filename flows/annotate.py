@@ -47,7 +47,6 @@ from synpref_core.retrieval.retrieve import RetrievalConfig
 from synpref_core.retrieval.store import StoreConfig
 from synpref_core.rm.registry import ModelNotFoundError, resolve_model
 from synpref_core.rm.train import MODEL_NAME
-from synpref_core.schema import PAIR_SCHEMA, fingerprint
 from synpref_core.stages import StageError, load_manifest
 from tasks.annotate import calibrate, draft_attributes, gather, judge
 from tasks.select import select_pairs
@@ -108,7 +107,7 @@ def preflight(config: AnnotateFlowConfig) -> None:
 
 
 def is_pairs(uri: str) -> bool:
-    return load_manifest(uri).schemas.get("data") == fingerprint(PAIR_SCHEMA)
+    return load_manifest(uri).is_pairs
 
 
 @flow(name="annotate")

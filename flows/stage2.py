@@ -64,7 +64,6 @@ from synpref_core.rm.model import check_reward_model
 from synpref_core.rm.registry import ModelNotFoundError, resolve_model
 from synpref_core.rm.scoring import ScoreConfig
 from synpref_core.rm.train import MODEL_NAME, TrainConfig
-from synpref_core.schema import PAIR_SCHEMA, fingerprint
 from synpref_core.stages import StageError, load_manifest, read_stage
 from tasks.annotate import draft_attributes, judge
 from tasks.audit import audit_stage2, inject_noise
@@ -154,7 +153,7 @@ def resolve_rms(config: Stage2FlowConfig, gold_pairs: str | None) -> tuple[str, 
 
 
 def check_wild(uri: str) -> None:
-    if load_manifest(uri).schemas.get("data") != fingerprint(PAIR_SCHEMA):
+    if not load_manifest(uri).is_pairs:
         raise StageError(f"{uri}: D_wild must be a pairs stage (its rows lack pair columns)")
 
 

@@ -214,6 +214,20 @@ class Manifest:
     def uri(self) -> str:
         return fsio.join(self.dir, MANIFEST)
 
+    @property
+    def is_pairs(self) -> bool:
+        """Its data rows are pair rows (``PAIR_SCHEMA``)."""
+        from synpref_core.schema import PAIR_SCHEMA
+
+        return self.schemas.get("data") == fingerprint(PAIR_SCHEMA)
+
+    def require_pairs(self, what: str = "") -> Manifest:
+        """Itself, or a one-line :class:`StageError` naming the stage and what needs pairs."""
+        if not self.is_pairs:
+            need = f"; {what} reads pair rows" if what else ""
+            raise StageError(f"{self.uri}: not a pairs stage ({self.stage!r} rows){need}")
+        return self
+
     def entries(self, kind: str = "data") -> list[FileEntry]:
         """The recorded files of one kind (``data``, ``rejects``...), in shard order."""
         return [f for f in self.files if f["kind"] == kind]

@@ -53,7 +53,7 @@ from synpref_core.annotate.prompts import build_attribute_messages, build_judge_
 from synpref_core.config import ActorConfig
 from synpref_core.retrieval.retrieve import RetrievalConfig
 from synpref_core.retrieval.store import StoreConfig
-from synpref_core.schema import ATTRIBUTE, ATTRIBUTE_NAMES, PAIR_SCHEMA, fingerprint
+from synpref_core.schema import ATTRIBUTE, ATTRIBUTE_NAMES, PAIR_SCHEMA
 from synpref_core.stages import MapStage, StageError
 
 ERROR_SCHEMA = pa.schema(
@@ -96,11 +96,7 @@ class PanelStage(MapStage):
 
     def __init__(self, config: AttributeConfig | JudgeConfig):
         super().__init__(config, parent=config.pairs)
-        if self.parent.schemas.get("data") != fingerprint(PAIR_SCHEMA):
-            raise StageError(
-                f"{self.parent.uri}: not a pairs stage (its data is {self.parent.stage!r} rows); "
-                f"{self.name} reads pair rows"
-            )
+        self.parent.require_pairs(self.name)
         self.counts: dict[str, int] = {}
 
     def fingerprint_model(self) -> str:

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from synpref_core.config import StrictModel
 from synpref_core.io import fs as fsio
-from synpref_core.schema import PAIR_SCHEMA, fingerprint
+from synpref_core.schema import PAIR_SCHEMA
 from synpref_core.stages import MapStage, StageError, load_manifest, manifest_uri, stage_identity
 
 
@@ -37,9 +37,7 @@ class GatherStage(MapStage):
     output_schema = PAIR_SCHEMA
 
     def __init__(self, config: GatherConfig):
-        self.pairs = load_manifest(config.pairs)
-        if self.pairs.schemas.get("data") != fingerprint(PAIR_SCHEMA):
-            raise StageError(f"{self.pairs.uri}: not a pairs stage ({self.pairs.stage!r} rows)")
+        self.pairs = load_manifest(config.pairs).require_pairs(self.name)
         super().__init__(config, parent=config.ids)
         self.parents.append(manifest_uri(self.pairs.uri))
 

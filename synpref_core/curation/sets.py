@@ -80,8 +80,8 @@ class SetStage(Stage):
         for spec in config.inputs:
             if spec.outcomes is not None and spec.judged is None:
                 raise ValueError(f"{spec.stage}: `outcomes` needs a `judged` stage")
-        self.inputs = [manifests[spec.stage] for spec in config.inputs]
-        self.excluded = [load_manifest(uri) for uri in config.exclude]
+        self.inputs = [manifests[spec.stage].require_pairs(self.name) for spec in config.inputs]
+        self.excluded = [load_manifest(uri).require_pairs(self.name) for uri in config.exclude]
         parents: list[Manifest] = [*manifests.values(), *self.excluded]
         super().__init__(
             out=config.out,

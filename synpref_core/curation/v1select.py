@@ -44,7 +44,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from synpref_core.config import StrictModel
 from synpref_core.io import fs as fsio
-from synpref_core.schema import PAIR_SCHEMA, TASK_CATEGORIES, fingerprint
+from synpref_core.schema import PAIR_SCHEMA, TASK_CATEGORIES
 from synpref_core.stages import (
     Manifest,
     MapStage,
@@ -138,8 +138,7 @@ def read_columns(uri: str, columns: list[str]) -> pa.Table:
 def check_layout(pairs: Manifest, scores: Manifest) -> None:
     """Fail unless ``scores`` holds one file per pairs file with as many rows and the score
     columns (its pair ids are checked as they are read)."""
-    if pairs.schemas.get("data") != fingerprint(PAIR_SCHEMA):
-        raise StageError(f"{pairs.uri}: not a pairs stage ({pairs.stage!r} rows)")
+    pairs.require_pairs()
     got, want = [f["rows"] for f in scores.entries()], [f["rows"] for f in pairs.entries()]
     if len(got) != len(want):
         detail = f"{len(got)} files against {len(want)}"
