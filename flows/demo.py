@@ -143,7 +143,8 @@ def demo_flow(config: DemoFlowConfig = DemoFlowConfig()) -> dict[str, Any]:  # n
         )
         stage2 = Stage2FlowConfig(
             wild=wild, best_rm=summary1.best_rm, gold_rm=gold_rm, audit_noise=config.noise,
-            audit_seed=config.seed, store=config.stage1.store, out=str(out / "stage2"), **runtime,
+            audit_seed=config.seed, store=config.stage1.store, panel=config.stage1.panel,
+            few_shot=config.stage1.retrieval, out=str(out / "stage2"), **runtime,
         )  # fmt: skip
         result2 = stage2_flow(stage2)
     with tracking.start_run(config.runtime.tracking, "demo", tags) as run:

@@ -166,16 +166,22 @@ def tiny_stage1_config(tmp_path: Path, models: Path | None = None, **update):
     return config.model_copy(update=update)
 
 
-def tiny_demo_config(tmp_path: Path, models: Path | None = None, **update):
+def tiny_demo_config(tmp_path: Path, models: Path | None = None, local: bool = False, **update):
     """The whole demo on tiny parts: Stage 1 (tiny_stage1_config) over half of the hh-rlhf
-    records, Stage 2 over the other half, OffsetBias as the final benchmark."""
+    records, Stage 2 over the other half, OffsetBias as the final benchmark. ``local``: stages
+    run in the flow's process (one model load, one judge server), training still on Ray Train."""
     from flows.demo import DemoFlowConfig
+    from synpref_core.config import ExecutorConfig
     from synpref_core.curation.select import PairFilter
 
     stage1 = tiny_stage1_config(tmp_path, models)
+    runtime = stage1.runtime
+    if local:
+        runtime = runtime.model_copy(update={"executor": ExecutorConfig(kind="local")})
     stage1 = stage1.model_copy(
         update={
-            "pool_on": PairFilter(sources=["hh-rlhf"], statuses=["unverified"], split=(0.0, 0.5))
+            "pool_on": PairFilter(sources=["hh-rlhf"], statuses=["unverified"], split=(0.0, 0.5)),
+            "runtime": runtime,
         }
     )
     config = DemoFlowConfig(

@@ -1,6 +1,8 @@
 """The whole pipeline end to end on tiny real parts (issue 13), as a user runs it:
 ``python -m flows.demo --config CFG.yaml`` in its own process group (real Prefect with its
-temporary server, local Ray, DeepSpeed training through Ray Train, a real LanceDB store, the
+temporary server, the stages on the local executor (one model load and one judge server per
+process; the Ray executor runs a round in test_stage1_deployment.py), DeepSpeed training through
+Ray Train on a local Ray, a real LanceDB store, the
 local judge server on each round's RM, the verification app served in-process and the hh-rlhf
 crowd's recorded labels replayed over its HTTP API, MLflow on SQLite): Stage 1 in 2 rounds over
 half of 200 hh-rlhf records with LLMBar Natural as the seed set, a gold RM, Stage 2 over the
@@ -57,7 +59,7 @@ def _versions(config) -> list:
 def test_demo_killed_between_stage1_rounds_resumes_at_the_next_round(tmp_path):
     from flows.stage1 import NOT_ROUND_FIELDS
 
-    demo = tiny_demo_config(tmp_path)
+    demo = tiny_demo_config(tmp_path, local=True)
     config = demo.stage1.model_copy(update={"pairs": None})
     env = subprocess_env(tmp_path)
     first, second = record_path(config.out, 1), record_path(config.out, 2)
