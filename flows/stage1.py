@@ -50,7 +50,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flows.ingest import bundled_ingest_config
 from synpref_core import tracking
@@ -116,6 +116,14 @@ class HumanStep(StrictModel):
         description="The verification app's store (make annotate-ui DB=...).",
     )
     seed: int = Field(0, ge=0, description="Seeds the random part of the slice.")
+
+    @model_validator(mode="after")
+    def _who_verifies(self) -> HumanStep:
+        if self.wait == "none" and not self.annotators:
+            raise ValueError("wait = none needs annotators: the accounts that verify in the app")
+        if self.wait == "replay" and not self.replay:
+            raise ValueError("wait = replay needs replay: the datasets whose labels are replayed")
+        return self
 
 
 class Stage1FlowConfig(StrictModel):

@@ -193,3 +193,15 @@ def test_a_record_saved_in_the_wrong_place_stops_the_chain(rounds):
     # round 2's file holding round 3's record: its chain names round 2, not round 1
     record_path(rounds["out"], 2).write_text(rounds["records"][2].model_dump_json())
     assert completed_rounds(rounds["out"], rounds["identity"]) == rounds["records"][:1]
+
+
+def test_a_human_step_that_nobody_can_answer_is_refused_at_config_time():
+    from pydantic import ValidationError
+
+    from flows.stage1 import HumanStep
+
+    with pytest.raises(ValidationError, match="wait = none needs annotators"):
+        HumanStep(wait="none")
+    with pytest.raises(ValidationError, match="wait = replay needs replay"):
+        HumanStep(wait="replay", replay=[])
+    assert HumanStep(wait="none", annotators=["ana"]).annotators == ["ana"]
