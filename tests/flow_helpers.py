@@ -39,6 +39,49 @@ def tiny_retrieve_config(tmp_path: Path, experiment: str = "synpref"):
     )
 
 
+def hh_records(models: Path) -> Path:
+    """The first WILD_RECORDS hh-rlhf harmless records as JSONL under ``models`` (written once)."""
+    from tests.ingest_helpers import HH
+
+    source = models / "hh.jsonl"
+    if not source.exists():
+        models.mkdir(parents=True, exist_ok=True)
+        lines = gzip.decompress(HH.read_bytes()).splitlines(True)[:WILD_RECORDS]
+        source.write_bytes(b"".join(lines))
+    return source
+
+
+def tiny_training(models: Path, **update):
+    """A few optimizer steps of the tiny seed-1 backbone under ``models`` (fp32, 64 tokens)."""
+    from synpref_core.rm.train import TrainConfig
+    from tests.rm_helpers import tiny_model_dir
+
+    model = str(tiny_model_dir(models / "backbone", seed=1))
+    settings = {"profile": "full", "max_length": 64, "bf16": False, "micro_batch": 4, "lr": 1e-3}
+    return TrainConfig(model=model, **(settings | update))
+
+
+def start_flow(module: str, config, env: dict[str, str]):
+    """``python -m flows.<module> --config`` on ``config`` (written as YAML next to its
+    output), in a new process group, its output appended to a log there; (process, log)."""
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    root = Path(config.out).parent
+    path, log = root / f"{module}.yaml", root / f"{module}.log"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    python = str(REPO / ".venv" / "bin" / "python")
+    with log.open("ab") as handle:
+        proc = subprocess.Popen(
+            [python, "-m", f"flows.{module}", "--config", str(path)],
+            cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    return proc, log
+
+
 def tiny_stage2_config(tmp_path: Path, models: Path | None = None, **update):
     """Stage 2 over OffsetBias (D_wild) with LLMBar Natural as gold; outputs under ``tmp_path``,
     the tiny best RM (seed 0) and gold backbone (seed 1) under ``models`` (default: tmp_path)."""
@@ -47,7 +90,6 @@ def tiny_stage2_config(tmp_path: Path, models: Path | None = None, **update):
     from synpref_core.config import IngestConfig, RuntimeConfig, SourceSpec, TrackingConfig
     from synpref_core.curation.select import PairFilter
     from synpref_core.retrieval.store import StoreConfig
-    from synpref_core.rm.train import TrainConfig
     from tests.rm_helpers import tiny_model_dir
 
     models = models or tmp_path
@@ -65,15 +107,7 @@ def tiny_stage2_config(tmp_path: Path, models: Path | None = None, **update):
         best_rm=str(tiny_model_dir(models / "best")),
         gold_model_name="gold-rm-test",
         min_gold_pairs=50,
-        gold_training=TrainConfig(
-            model=str(tiny_model_dir(models / "backbone", seed=1)),
-            profile="full",
-            max_length=64,
-            bf16=False,
-            micro_batch=4,
-            lr=1e-3,
-            eval_every=5,
-        ),
+        gold_training=tiny_training(models, eval_every=5),
         panel=JudgePanel(samples=2, cache_dir=str(tmp_path / "cache")),
         store=StoreConfig(uri=str(tmp_path / "vectors")),  # no gold there: zero-shot
         out=str(tmp_path / "stage2"),
@@ -89,13 +123,8 @@ def wild_stage2_config(tmp_path: Path, models: Path, **update):
     read the same input and RMs; each writes only under its own ``tmp_path``."""
     from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec
     from synpref_core.curation.select import PairFilter
-    from tests.ingest_helpers import HH
 
-    source = models / "hh.jsonl"
-    if not source.exists():
-        models.mkdir(parents=True, exist_ok=True)
-        lines = gzip.decompress(HH.read_bytes()).splitlines(True)[:WILD_RECORDS]
-        source.write_bytes(b"".join(lines))
+    source = hh_records(models)
     config = tiny_stage2_config(tmp_path, models)
     ingest = IngestConfig(
         sources=[SourceSpec(format="hh-rlhf", paths=[str(source)])],
@@ -123,16 +152,9 @@ def tiny_stage1_config(tmp_path: Path, models: Path | None = None, **update):
     from synpref_core.config import IngestConfig, RuntimeConfig, SourceSpec, TrackingConfig
     from synpref_core.curation.select import PairFilter
     from synpref_core.retrieval.store import StoreConfig
-    from synpref_core.rm.train import TrainConfig
-    from tests.ingest_helpers import HH
-    from tests.rm_helpers import tiny_model_dir
 
     models = models or tmp_path
-    source = models / "hh.jsonl"
-    if not source.exists():
-        models.mkdir(parents=True, exist_ok=True)
-        lines = gzip.decompress(HH.read_bytes()).splitlines(True)[:WILD_RECORDS]
-        source.write_bytes(b"".join(lines))
+    source = hh_records(models)
     natural = DATA / "llmbar" / "Dataset" / "LLMBar" / "Natural"
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="s1")
     config = Stage1FlowConfig(
@@ -144,17 +166,7 @@ def tiny_stage1_config(tmp_path: Path, models: Path | None = None, **update):
             out=str(tmp_path / "ingest"),
         ),
         pool_on=PairFilter(sources=["hh-rlhf"], statuses=["unverified"]),
-        training=TrainConfig(
-            model=str(tiny_model_dir(models / "backbone", seed=1)),
-            profile="full",
-            max_length=64,
-            bf16=False,
-            micro_batch=4,
-            lr=1e-3,
-            max_steps=6,
-            eval_every=3,
-            workers=1,
-        ),
+        training=tiny_training(models, max_steps=6, eval_every=3, workers=1),
         model_name="stage1-rm-test",
         panel=JudgePanel(samples=2, cache_dir=str(tmp_path / "cache")),
         calibration=PairFilter(split=(0.0, 0.3)),

@@ -24,27 +24,14 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from synpref_core.curation.stage1 import chain_hash, record_path, rounds_identity
 from synpref_core.run_summary import DemoSummary, RoundRecord, Stage1Summary
 from synpref_core.stages import load_manifest, read_stage
 from tests.conftest import REPO
-from tests.flow_helpers import subprocess_env, tiny_demo_config
+from tests.flow_helpers import start_flow, subprocess_env, tiny_demo_config
 
 RUN_TIMEOUT_S = 1500  # the tiny demo: ~5 min quiet, several times that on a busy 2-core box
-
-
-def _start(config, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
-    root = Path(config.out).parent
-    path, log = root / "demo.yaml", root / "demo.log"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    with log.open("ab") as handle:
-        proc = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "python"), "-m", "flows.demo", "--config", str(path)],
-            cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    return proc, log
 
 
 def _versions(config) -> list:
@@ -64,7 +51,7 @@ def test_demo_killed_between_stage1_rounds_resumes_at_the_next_round(tmp_path):
     env = subprocess_env(tmp_path)
     first, second = record_path(config.out, 1), record_path(config.out, 2)
 
-    proc, log = _start(demo, env)
+    proc, log = start_flow("demo", demo, env)
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while not first.exists():
@@ -78,7 +65,7 @@ def test_demo_killed_between_stage1_rounds_resumes_at_the_next_round(tmp_path):
     round1 = (first.read_bytes(), first.stat().st_mtime_ns)
     assert len(_versions(config)) == 1
 
-    proc, log = _start(demo, env)
+    proc, log = start_flow("demo", demo, env)
     try:
         rc = proc.wait(timeout=RUN_TIMEOUT_S)
     finally:

@@ -32,12 +32,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from synpref_core.io.lock import LOCK_FILE
 from synpref_core.stages import load_manifest, read_stage
 from tests.conftest import REPO
-from tests.flow_helpers import subprocess_env, wild_stage2_config
+from tests.flow_helpers import start_flow, subprocess_env, wild_stage2_config
 from tests.prefect_helpers import free_port
 
 RUN_TIMEOUT_S = 900  # one flow run: ~2 min on 2 busy CPUs
@@ -48,17 +47,7 @@ _env = subprocess_env
 
 
 def _start(config, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
-    """``python -m flows.stage2 --config`` on ``config`` (written as YAML next to its output),
-    in a new process group; returns the process and its log."""
-    root = Path(config.out).parent
-    path, log = root / "stage2.yaml", root / "stage2.log"
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    with log.open("wb") as handle:
-        proc = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "python"), "-m", "flows.stage2", "--config", str(path)],
-            cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    return proc, log
+    return start_flow("stage2", config, env)
 
 
 def _complete(config, env: dict[str, str]) -> None:
