@@ -36,7 +36,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flows.ingest import DATA, bundled_ingest_config
 from flows.stage1 import BUNDLED_POOL, Stage1FlowConfig, stage1_flow
@@ -97,6 +97,12 @@ class DemoFlowConfig(StrictModel):
     out: str = Field(OUT, description="Everything the demo writes, demo.json and the report.")
     runtime: RuntimeConfig = Field(RuntimeConfig(), description="Executor and MLflow.")
 
+    @model_validator(mode="after")
+    def _has_held_out_pairs(self) -> DemoFlowConfig:
+        if self.stage1.holdout == 0:
+            raise ValueError("stage1.holdout = 0 leaves no held-out pairs to compare RMs on")
+        return self
+
 
 class Steps:
     """Times each step and prints it (a person follows the run from the console)."""
@@ -130,8 +136,8 @@ def demo_flow(config: DemoFlowConfig = DemoFlowConfig()) -> dict[str, Any]:  # n
         pairs = dedup(config.ingest, executor, normalize(config.ingest, executor))
     with steps.step(f"Stage 1: {config.stage1.rounds} rounds"):
         stage1 = config.stage1.model_copy(update={"pairs": pairs, **runtime})
-        stage1_flow(stage1)
-        summary1 = load_summary(Path(stage1.out) / "stage1.json")
+        result1 = stage1_flow(stage1)
+        summary1 = load_summary(result1["summary"])
     gold = summary1.gold
     tags = {"flow": "demo", "prefect_flow_run_id": str(flow_run.id or "")}
     with steps.step("gold RM on the human-verified pairs"):
@@ -149,7 +155,7 @@ def demo_flow(config: DemoFlowConfig = DemoFlowConfig()) -> dict[str, Any]:  # n
         result2 = stage2_flow(stage2)
     with tracking.start_run(config.runtime.tracking, "demo", tags) as run:
         with steps.step("curated vs uncurated RMs on held-out human pairs"):
-            comparison = _compare(config, summary1, result2, gold)
+            comparison = _compare(config, summary1, result1["setup"]["holdout"], result2)
         with steps.step("final RM on benchmarks outside every set"):
             evaluation = _evaluate(config, summary1.best_rm)
         with steps.step("report"):
@@ -183,12 +189,11 @@ def _train(config: DemoFlowConfig, name: str, train: str, model: str) -> str:
     return result.best_dir
 
 
-def _compare(config: DemoFlowConfig, summary1, result2: dict, gold: str) -> list[dict[str, Any]]:
-    """Curated vs the same number of uncurated pairs of the same noisy half; Stage 1's RM too."""
+def _compare(config: DemoFlowConfig, summary1, holdout: str, result2: dict) -> list[dict[str, Any]]:
+    """Curated vs the same number of uncurated pairs of the same noisy half (Stage 2's D_wild);
+    Stage 1's RM too; all on the held-out pairs."""
     executor, out = config.runtime.executor, Path(config.out)
-    holdout = str(Path(config.stage1.out) / "holdout" / "manifest.json")
-    curated = result2["selected"]
-    noisy = str(Path(config.out) / "stage2" / "noisy" / "manifest.json")
+    curated, noisy = result2["selected"], result2["wild"]
     share = min(1.0, load_manifest(curated).rows / max(load_manifest(noisy).rows, 1))
     uncurated = select_pairs(
         SelectConfig(input=noisy, out=str(out / "uncurated"), split=(0.0, share),

@@ -201,8 +201,8 @@ def stage2_flow(config: Stage2FlowConfig = Stage2FlowConfig()) -> dict[str, Any]
             None if config.audit_noise is None else audit_stage2(wild, curated, config.audit_seed)
         )
     return {
-        "curated": curated, "selected": selected, "counts": counts, "judged": judged,
-        "audit": audit,
+        "wild": wild, "curated": curated, "selected": selected, "counts": counts,
+        "judged": judged, "audit": audit,
     }  # fmt: skip
 
 
