@@ -63,7 +63,6 @@ from synpref_core.curation.sets import SetConfig, SetInput
 from synpref_core.curation.stage1 import (
     chain_hash,
     completed_rounds,
-    counts_of,
     gold_accuracy,
     rounds_identity,
     save_round,
@@ -78,7 +77,7 @@ from synpref_core.rm.registry import ModelNotFoundError
 from synpref_core.rm.scoring import ScoreConfig
 from synpref_core.rm.train import TrainConfig, resolve_profile
 from synpref_core.run_summary import RoundRecord, Stage1Summary, write_json
-from synpref_core.stages import StageError
+from synpref_core.stages import StageError, load_manifest
 from tasks.annotate import calibrate, draft_attributes, gather, judge
 from tasks.curate import build_set
 from tasks.human import verify_round
@@ -307,7 +306,6 @@ def _round(
     manifests: dict[str, str] = {}
 
     # 1. train on D_silver, keep the checkpoint best on D_gold, register it
-    first = records[0].rm_dir if records else None
     training = config.training.model_copy(
         update={"train_manifest": silver, "gold_manifest": gold or setup.seed_gold,
                 "out": str(out / "rm")}
@@ -318,10 +316,10 @@ def _round(
 
     clock.lap("train")
     # 3. (round 1) the seed gold's attributes, then pool and gold into the store
-    setup_panel = _panel(config, first or rm)
+    panel = _panel(config, rm)  # the round's judges: its RM when no endpoint is configured
     if gold is None:
         gold = draft_attributes(
-            AttributeConfig(pairs=setup.seed_gold, panel=setup_panel,
+            AttributeConfig(pairs=setup.seed_gold, panel=panel,
                             out=str(Path(config.out) / "seed-gold-attributes")),
             executor,
         )  # fmt: skip
@@ -356,7 +354,6 @@ def _round(
 
     clock.lap("retrieve")
     # 5. attributes, judging, calibration against gold
-    panel = _panel(config, rm)
     pairs = gather(GatherConfig(ids=candidates, pairs=setup.pool, out=str(out / "pairs")), executor)
     attributed = draft_attributes(
         AttributeConfig(pairs=pairs, panel=panel, out=str(out / "attributes")), executor
@@ -421,9 +418,9 @@ def _round(
     sizes: dict[str, int] = {}
     for name, spec in sets.items():
         manifests[name] = build_set(spec, executor)
-        sizes[name] = counts_of(manifests[name])["rows"]
-    sizes["human_gold"] = counts_of(human_gold).get("gold", 0) if human_gold else 0
-    sizes["pool"] = counts_of(setup.pool)["rows"]
+        sizes[name] = load_manifest(manifests[name]).rows
+    sizes["human_gold"] = load_manifest(human_gold).counts.get("gold", 0) if human_gold else 0
+    sizes["pool"] = load_manifest(setup.pool).rows
     tracking.log_metrics({f"sets.{k}": float(v) for k, v in sizes.items()})
     if human_gold:  # new gold queries and few-shot examples for the next round
         new_gold = build_set(

@@ -97,11 +97,6 @@ def save_round(out: str | Path, record: RoundRecord) -> Path:
     return write_json(record, record_path(out, record.round))
 
 
-def counts_of(manifest: str, keys: tuple[str, ...] | None = None) -> dict[str, int]:
-    counts: dict[str, Any] = load_manifest(manifest).counts
-    return {k: int(v) for k, v in counts.items() if keys is None or k in keys}
-
-
 def heldout_accuracy(scores: str, seed: int = 0, resamples: int = 2000) -> dict[str, Any]:
     """Share of pairs an RM ranks right (p > 0.5) with a 95% bootstrap interval: ``accuracy``,
     ``lo``, ``hi``, ``pairs``."""
