@@ -11,7 +11,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-annotate flow-stage1 flow-stage2 flow-evaluate test test-fast bench lint format server worker ui chromium annotate-ui clean
+.PHONY: install demo flow-ingest flow-train-rm flow-retrieve flow-annotate flow-stage1 flow-stage2 flow-evaluate test test-fast bench bench-gpu lint format server worker ui chromium annotate-ui clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench: install  ## benchmarks/ (ratios against an in-run baseline; see benchmark
 	$(BIN)/python -m benchmarks.bench_human
 	$(BIN)/python -m benchmarks.bench_stage2
 	$(BIN)/python -m benchmarks.bench_demo
+	$(BIN)/python -m benchmarks.bench_gpu
+
+bench-gpu: install  ## GPU scoring and DeepSpeed training at the bound (tiny CPU smoke without a GPU)
+	$(BIN)/python -m benchmarks.bench_gpu
 
 lint: install
 	$(BIN)/ruff check .

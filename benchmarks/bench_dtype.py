@@ -1,9 +1,10 @@
 """bf16 against fp32 scoring: do the pairwise decisions agree, and how much faster is it?
 
-The scoring stage's ``dtype: auto`` picks bfloat16 where it is safe and fast: on CUDA, and on
-CPUs with native bf16 (AVX512-BF16 / AMX), because this benchmark measured that the decisions
-(r_chosen > r_rejected) agree with float32 on at least 99.9% of the bundled human-labelled
-benchmark pairs. This script is that measurement, so anyone can repeat it on their model and CPU.
+The scoring stage's ``dtype: auto`` is float32 on CPUs and bfloat16 on CUDA. This benchmark
+measures what bf16 costs on the CPU: how often the pairwise decisions (r_chosen > r_rejected)
+differ from float32 on the bundled human-labelled benchmark pairs, and how much faster it runs,
+so anyone can repeat it on their model and CPU (``synpref eval --compare-dtype`` does the same
+for any model, pairs and device; ``benchmarks/bench_gpu.py`` on a GPU).
 
 Data (real, bundled in data/): LLMBar (every subset), PandaLM, OffsetBias, ingested by synpref
 (about 2,300 pairs). Each model scores every pair through ``ScoreStage`` on the CPU, once in

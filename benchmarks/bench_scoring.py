@@ -44,7 +44,7 @@ from synpref_core.executors import run
 from synpref_core.ingest.pipeline import run_ingest
 from synpref_core.rm.model import encode, render
 from synpref_core.rm.scoring import (
-    DEFAULT_TOKEN_BUDGET,
+    CPU_TOKEN_BUDGET,
     ScoreConfig,
     ScoreStage,
     cached_reward_model,
@@ -298,7 +298,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=600, help="hh-rlhf records to ingest")
     parser.add_argument(
-        "--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET, help="tokens per batch"
+        "--token-budget", type=int, default=CPU_TOKEN_BUDGET, help="tokens per batch"
     )
     parser.add_argument("--repeat", type=int, default=1, help="interleaved runs of each")
     parser.add_argument("--json", type=Path, default=RESULTS / "scoring.json")

@@ -90,7 +90,7 @@ def child_main(args: argparse.Namespace) -> None:
     config = TrainConfig(train_manifest=args.train, profile=args.profile, micro_batch=args.micro)
     profile = resolve_profile(config)
     torch.manual_seed(0)
-    model, tokenizer = load_reward_model(config.model)
+    model, tokenizer = load_reward_model(config.model, dtype=torch.float32)
     freeze_lower_layers(model, profile.trainable_layers)
     disable_dropout(model)
     trainable = [p for p in model.parameters() if p.requires_grad]

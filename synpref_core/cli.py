@@ -44,7 +44,7 @@ from synpref_core.config import (
     load_config,
 )
 from synpref_core.human.commands import register_human_commands
-from synpref_core.rm.eval_results import EVAL_FORMATS, EvalResult
+from synpref_core.rm.eval_results import EVAL_FORMATS, DtypeComparison, EvalResult
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 err = Console(stderr=True)
@@ -235,6 +235,20 @@ def eval_(
             show_default=False,
         ),
     ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when there is a GPU), cpu or cuda.")
+    ] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16."),
+    ] = "auto",
+    compare_dtype: Annotated[
+        bool,
+        typer.Option(
+            "--compare-dtype",
+            help="Also score in float32 and bfloat16 and report decision agreement and |Δp|.",
+        ),
+    ] = False,
 ) -> None:
     """Score a benchmark with a reward model: accuracy per subset beside a length baseline."""
     import tempfile
@@ -246,24 +260,39 @@ def eval_(
 
     if fmt not in EVAL_FORMATS:
         raise _fail(f"unknown format {fmt!r}; choose one of {', '.join(EVAL_FORMATS)}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise _fail(f"unknown device {device!r}; choose one of auto, cpu, cuda")
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise _fail(f"unknown dtype {dtype!r}; choose one of auto, float32, bfloat16, float16")
     missing = [p for p in data if "://" not in p and not any(c in p for c in "*?[")]
     missing = [p for p in missing if not Path(p).exists()]
     if missing:
         raise _fail(f"{missing[0]}: no such file")
     from synpref_core.rm.model import resolve_backbone
 
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _fail("--device cuda, but this machine has no CUDA device")
+
     if not Path(resolve_backbone(model)).is_dir():
         raise _fail(f"{model}: no such model directory")
     show = sys.stderr.isatty() if progress is None else progress
     with tempfile.TemporaryDirectory(prefix="synpref-eval-") as scratch:
         try:
-            result = evaluate(model, fmt, data, out or scratch, max_length, progress=show)
+            result = evaluate(
+                model, fmt, data, out or scratch, max_length, progress=show,
+                device=device, dtype=dtype, compare_dtype=compare_dtype,
+            )  # fmt: skip
         except (EvaluationError, MalformedInputError, StageError, OSError) as exc:
             raise _fail(str(exc)) from exc
     if as_json:
         typer.echo(json.dumps(result.json_dict(), indent=2))
     else:
         _print_result(result)
+        if result.dtype_comparison is not None:
+            _print_dtype_comparison(result.dtype_comparison)
 
 
 def _print_result(result: EvalResult) -> None:
@@ -276,6 +305,23 @@ def _print_result(result: EvalResult) -> None:
     for name, block in result.subsets.items():
         table.add_row(name, _pct(block.accuracy), _pct(block.length_baseline), f"{block.count:,}")
     table.add_row("overall", overall, _pct(result.length_baseline), "")
+    Console().print(table)
+
+
+def _print_dtype_comparison(comparison: DtypeComparison) -> None:
+    c = comparison
+    table = Table(title=f"{c.other} against {c.reference} on {c.device}, {c.pairs:,} pairs")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("decisions that agree", _pct(c.decision_agreement))
+    table.add_row("decisions flipped", f"{c.flipped:,}")
+    table.add_row(f"  of them near a tie (|p − 0.5| < {c.near_tie})", f"{c.flipped_near_ties:,}")
+    margin = "–" if c.flipped_max_margin is None else f"{c.flipped_max_margin:.4f}"
+    table.add_row("  largest |p − 0.5| of a flipped one", margin)
+    table.add_row("max |Δp|", "–" if c.max_abs_dp is None else f"{c.max_abs_dp:.4f}")
+    table.add_row("mean |Δp|", "–" if c.mean_abs_dp is None else f"{c.mean_abs_dp:.5f}")
+    for name, seconds in c.seconds.items():
+        table.add_row(f"seconds in {name} (load + score)", f"{seconds:.1f}")
     Console().print(table)
 
 

@@ -408,6 +408,15 @@ class MapStage(Stage):
         """The output rows of one batch of input rows (and its error rows, with
         ``error_schema``)."""
 
+    def map_batches(
+        self, batches: Iterator[pa.RecordBatch], model: Any
+    ) -> Iterator[tuple[pa.RecordBatch, Any]]:
+        """Each input batch with :meth:`map_batch`'s result, in order. A stage that works
+        ahead (scoring prepares the next batch while the GPU runs the current one) overrides
+        this instead."""
+        for batch in batches:
+            yield batch, self.map_batch(batch, model)
+
     def batch_counts(self, batch: pa.RecordBatch, out: pa.Table) -> dict[str, int]:
         """Counts of one batch beyond ``rows`` (summed per shard and over the stage)."""
         return {}
@@ -465,8 +474,8 @@ class MapStage(Stage):
                 for kind, rel in rels.items()
             }
             f = stack.enter_context(in_fs.open_input_file(in_path))
-            for batch in pq.ParquetFile(f).iter_batches(batch_rows, columns=self.columns):
-                mapped = self.map_batch(batch, model)
+            batches = pq.ParquetFile(f).iter_batches(batch_rows, columns=self.columns)
+            for batch, mapped in self.map_batches(batches, model):
                 table, errors = mapped if self.error_schema is not None else (mapped, None)
                 writers["data"].write(table)
                 if errors is not None:

@@ -65,7 +65,7 @@ def embed_pairs(
 ) -> np.ndarray:
     """Embed pairs the way the embed stage does, refusing a space other than the store's."""
     from synpref_core.retrieval.encoder import embed_texts, load_encoder
-    from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET
+    from synpref_core.rm.scoring import CPU_TOKEN_BUDGET
 
     version = model_version(encoder_name, DEFAULT_ATTRIBUTES, max_chars)
     if space is None or space[1] != version:
@@ -81,5 +81,5 @@ def embed_pairs(
         )
         for pair in pairs
     ]
-    vectors, _ = embed_texts(load_encoder(encoder_name), texts, DEFAULT_TOKEN_BUDGET)
+    vectors, _ = embed_texts(load_encoder(encoder_name), texts, CPU_TOKEN_BUDGET)
     return vectors

@@ -100,10 +100,11 @@ class RewardJudge:
 
     def __init__(self, path: str, device: str = "auto"):
         from synpref_core.rm.model import load_reward_model, trained_max_length
-        from synpref_core.rm.scoring import resolve_device
+        from synpref_core.rm.scoring import resolve_device, resolve_dtype
 
-        model, self.tokenizer = load_reward_model(path)
-        self.model = model.to(resolve_device(device)).eval()
+        target = resolve_device(device)
+        model, self.tokenizer = load_reward_model(path, dtype=resolve_dtype("auto", target))
+        self.model = model.to(target).eval()
         self.max_length = trained_max_length(path)
         self.lock = threading.Lock()  # one forward pass at a time per model
         # The n samples of a pair (and its other order) ask for the same two rewards: score once.

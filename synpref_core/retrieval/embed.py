@@ -46,7 +46,7 @@ from synpref_core.rm.model import DEFAULT_BACKBONE
 
 # The scorer's token budget (4,096 padded tokens, measured fastest for MiniLM on CPU): the same
 # encoder stack, the same batching.
-from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET
+from synpref_core.rm.scoring import CPU_TOKEN_BUDGET
 from synpref_core.schema import fingerprint
 from synpref_core.stages import MapStage, part_name
 
@@ -81,7 +81,7 @@ class EmbedConfig(ActorConfig):
         4000, ge=64, description="Conversation characters kept (the end) before tokenising."
     )
     token_budget: int = Field(
-        DEFAULT_TOKEN_BUDGET, ge=64, description="Most tokens (padding included) per batch."
+        CPU_TOKEN_BUDGET, ge=64, description="Most tokens (padding included) per batch."
     )
     pairs: str = Field(description="Input: a finished pair stage (its directory or manifest).")
     out: str = Field(str(DEFAULT_HOME / "embeddings"), description="Output directory or URI.")

@@ -110,6 +110,24 @@ class BenchmarkScore(StrictModel):
     detail: Detail
 
 
+class DtypeComparison(StrictModel):
+    """One model scoring the same pairs in two precisions (``synpref eval --compare-dtype``):
+    how many pairwise decisions (r_chosen > r_rejected) agree, and how far p moves."""
+
+    device: str
+    reference: str  # float32
+    other: str  # bfloat16
+    pairs: int
+    decision_agreement: Rate
+    flipped: int
+    flipped_near_ties: int  # of the flipped, those with |p_reference − 0.5| < near_tie
+    near_tie: float
+    flipped_max_margin: float | None  # the largest |p_reference − 0.5| of a flipped decision
+    max_abs_dp: float | None
+    mean_abs_dp: float | None
+    seconds: dict[str, float]  # per precision: load and score
+
+
 class EvalResult(StrictModel):
     """A reward model on one benchmark: the headline ``overall`` beside its ``length_baseline``,
     ``count`` (pairs scored), per-subset scores, format extras (``detail``: RM-Bench
@@ -126,6 +144,7 @@ class EvalResult(StrictModel):
     model: str | None = None
     inputs: list[str] | None = None
     ingest: dict[str, int] | None = None
+    dtype_comparison: DtypeComparison | None = None
 
     def json_dict(self) -> dict[str, Any]:
         """The result as ``eval.json`` holds it: JSON types, no NaN, extras only where set."""

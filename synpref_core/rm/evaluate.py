@@ -23,9 +23,10 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from synpref_core.rm.benchmarks import EvaluationError, check_format, score_results
-from synpref_core.rm.eval_results import EvalResult
+from synpref_core.rm.eval_results import DtypeComparison, EvalResult
 from synpref_core.rm.model import trained_max_length
-from synpref_core.rm.scoring import DEFAULT_TOKEN_BUDGET  # padded tokens per forward pass
+
+NEAR_TIE = 0.01  # |p − 0.5| below this: a decision the model barely makes
 
 PAIR_COLUMNS = [
     "pair_id",
@@ -69,18 +70,23 @@ def no_pairs_reason(fmt: str, counts: dict[str, int]) -> str:
     )
 
 
-def load_model_checked(model: str) -> tuple[Any, Any]:
-    """The reward model, or an :class:`EvaluationError` naming the folder when it is not one."""
+def load_model_checked(model: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """The reward model in eval mode on ``device`` in ``dtype`` (``auto``: the scoring stage's
+    defaults, :func:`~synpref_core.rm.scoring.resolve_dtype`), or an :class:`EvaluationError`
+    naming the folder when it is not one."""
     from synpref_core.rm.model import load_reward_model, resolve_backbone
+    from synpref_core.rm.scoring import resolve_device, resolve_dtype
 
     path = Path(resolve_backbone(model))
     if path.is_dir() and not (path / "config.json").is_file():
         raise EvaluationError(f"{model}: not a reward model (no config.json in the folder)")
+    target = resolve_device(device)
     try:
-        return load_reward_model(str(path))
+        network, tokenizer = load_reward_model(str(path), dtype=resolve_dtype(dtype, target))
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EvaluationError(f"{model}: not a reward model: {first}") from exc
+    return network.to(target).eval(), tokenizer
 
 
 def read_pairs(stage_dir: str) -> pa.Table:
@@ -98,11 +104,12 @@ def score_rewards(
     tokenizer: Any,
     pairs: pa.Table,
     max_length: int,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    token_budget: int | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(r_chosen, r_rejected) of ``pairs`` (:func:`~synpref_core.rm.scoring.score_table`);
-    with ``progress``, a bar on stderr counts the pairs scored (responses scored / 2)."""
+    """(r_chosen, r_rejected) of ``pairs`` (:func:`~synpref_core.rm.scoring.score_table`;
+    ``token_budget`` None: chosen for the model's device); with ``progress``, a bar on stderr
+    counts the pairs scored (responses scored / 2)."""
     from synpref_core.rm.scoring import score_table
 
     with tqdm(total=pairs.num_rows, desc="scoring", unit="pair", disable=not progress) as bar:
@@ -130,12 +137,14 @@ def score_with_model(
     model_dir: str,
     pairs: pa.Table,
     max_length: int,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    token_budget: int | None = None,
     progress: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> pa.Table:
     """``pairs`` less the conversation, plus ``r_chosen`` and ``r_rejected`` from the RM in
     ``model_dir``: what :func:`~synpref_core.rm.benchmarks.score_results` takes."""
-    model, tokenizer = load_model_checked(model_dir)
+    model, tokenizer = load_model_checked(model_dir, device, dtype)
     r_chosen, r_rejected = score_rewards(
         model, tokenizer, pairs, max_length, token_budget, progress
     )
@@ -150,13 +159,19 @@ def evaluate(
     paths: Sequence[str],
     out_dir: str | Path,
     max_length: int | None = None,
-    token_budget: int = DEFAULT_TOKEN_BUDGET,
+    token_budget: int | None = None,
     progress: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    compare_dtype: bool = False,
 ) -> EvalResult:
     """Ingest ``paths`` as ``fmt``, score every pair with the RM in ``model_dir`` (a progress
     bar on stderr with ``progress``), and write ``out_dir/eval.json`` (the result) and
     ``out_dir/scores.parquet`` (per-pair rewards). ``max_length``: tokens per side; None:
-    what the model was trained with (its ``synpref_training.json``), else 256.
+    what the model was trained with (its ``synpref_training.json``), else 256. ``device`` and
+    ``dtype`` as in the scoring stage (``auto``: CUDA in bfloat16 when there is a GPU, else
+    the CPU in float32). ``compare_dtype``: also score in float32 and in bfloat16 on that
+    device and report how the decisions differ (:func:`compare_dtypes`, ``dtype_comparison``).
 
     Raises EvaluationError for an unknown format, and the ingest errors
     (``MalformedInputError``, ``StageError``) for missing or malformed files.
@@ -169,10 +184,67 @@ def evaluate(
         raise EvaluationError(f"{', '.join(map(str, paths))}: {no_pairs_reason(fmt, counts)}")
     pairs = read_pairs(str(out / "pairs"))
     max_length = max_length or trained_max_length(str(model_dir))
-    scored = score_with_model(str(model_dir), pairs, max_length, token_budget, progress)
-    result = score_results(scored, fmt).model_copy(
-        update={"model": str(model_dir), "inputs": [str(p) for p in paths], "ingest": counts}
+    scored = score_with_model(
+        str(model_dir), pairs, max_length, token_budget, progress, device, dtype
     )
+    update: dict[str, Any] = {
+        "model": str(model_dir),
+        "inputs": [str(p) for p in paths],
+        "ingest": counts,
+    }
+    if compare_dtype:
+        update["dtype_comparison"] = compare_dtypes(
+            str(model_dir), pairs, max_length, token_budget, progress, device
+        )
+    result = score_results(scored, fmt).model_copy(update=update)
     pq.write_table(scored, out / "scores.parquet")
     (out / "eval.json").write_text(json.dumps(result.json_dict(), indent=2) + "\n")
     return result
+
+
+def compare_dtypes(
+    model_dir: str,
+    pairs: pa.Table,
+    max_length: int,
+    token_budget: int | None = None,
+    progress: bool = False,
+    device: str = "auto",
+    dtypes: tuple[str, str] = ("float32", "bfloat16"),
+) -> DtypeComparison:
+    """Score ``pairs`` in both ``dtypes`` (the reference first) on ``device`` and compare:
+    the share of pairs whose decision (r_chosen > r_rejected) is the same, and |Δp| of
+    p = σ(r_chosen − r_rejected); the flipped decisions' largest |p − 0.5| in the reference
+    says how near a tie they were. The two models are loaded one after the other."""
+    import time
+
+    from synpref_core.rm.scoring import preference_probability, resolve_device
+
+    target = str(resolve_device(device))
+    probabilities, seconds = {}, {}
+    for dtype in dtypes:
+        began = time.perf_counter()
+        model, tokenizer = load_model_checked(model_dir, target, dtype)
+        r_chosen, r_rejected = score_rewards(
+            model, tokenizer, pairs, max_length, token_budget, progress
+        )
+        seconds[dtype] = round(time.perf_counter() - began, 3)
+        probabilities[dtype] = preference_probability(r_chosen, r_rejected)
+        del model
+    reference, other = (probabilities[d] for d in dtypes)
+    flipped = (reference > 0.5) != (other > 0.5)
+    delta = np.abs(reference - other)
+    near = np.abs(reference - 0.5) < NEAR_TIE
+    return DtypeComparison(
+        device=target,
+        reference=dtypes[0],
+        other=dtypes[1],
+        pairs=len(reference),
+        decision_agreement=float(1 - flipped.mean()) if len(reference) else None,
+        flipped=int(flipped.sum()),
+        flipped_near_ties=int((flipped & near).sum()),
+        near_tie=NEAR_TIE,
+        flipped_max_margin=float(np.abs(reference[flipped] - 0.5).max()) if flipped.any() else None,
+        max_abs_dp=float(delta.max()) if len(delta) else None,
+        mean_abs_dp=float(delta.mean()) if len(delta) else None,
+        seconds=seconds,
+    )

@@ -82,10 +82,10 @@ def check_reward_model(path: str) -> None:
         raise NotARewardModelError(f"{path}: not a one-output reward model ({labels} labels)")
 
 
-def load_reward_model(
-    name_or_path: str = DEFAULT_BACKBONE, dtype: Any = None, seed: int = 0
-) -> tuple[Any, Any]:
-    """(model, tokenizer): a one-output sequence classifier and its tokenizer.
+def load_reward_model(name_or_path: str, *, dtype: Any, seed: int = 0) -> tuple[Any, Any]:
+    """(model, tokenizer): a one-output sequence classifier and its tokenizer, its weights in
+    ``dtype`` (a ``torch.dtype``; required: transformers 5 would otherwise keep the
+    checkpoint's own precision, a bf16 checkpoint loading as bf16 where float32 was meant).
 
     Weights the checkpoint lacks (the score head of a bare backbone) are initialised from
     ``seed`` alone, whatever the caller's random state (which is left as it was): every process

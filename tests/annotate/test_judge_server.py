@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 import numpy as np
 import openai
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from synpref_core.annotate.ensemble import judge_pairs, read_vote
@@ -65,7 +66,7 @@ def test_models_are_listed_and_served_on_loopback(client, judges):
 
 def test_deterministic_judge_ignores_the_shown_order(client, judges):
     for model, path in judges.items():
-        rm, tokenizer = load_reward_model(path)
+        rm, tokenizer = load_reward_model(path, dtype=torch.float32)
         for pair in PAIRS:
             scores = score_table(
                 rm, tokenizer, [pair["conversation"]], [pair["chosen"]], [pair["rejected"]],

@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from synpref_core.cli import app
@@ -396,7 +397,7 @@ def test_progress_scoring_gives_score_table_numbers(tiny_rm):
             "rejected": [w[: 1 + i] for i, w in enumerate(words)],
         }
     )
-    model, tokenizer = load_reward_model(str(tiny_rm))
+    model, tokenizer = load_reward_model(str(tiny_rm), dtype=torch.float32)
     expected = score_table(
         model,
         tokenizer,

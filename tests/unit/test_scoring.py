@@ -169,7 +169,7 @@ def test_new_weights_at_the_same_path_are_scored_anew(pairs_dir, tmp_path):
     assert rescored["pair_id"].equals(scores["pair_id"])
     assert not np.allclose(rescored["r_chosen"].to_numpy(), scores["r_chosen"].to_numpy())
     model, _ = cached_reward_model(str(model_dir))  # the new weights, in memory too
-    reference = load_reward_model(str(other))[0]
+    reference = load_reward_model(str(other), dtype=torch.float32)[0]
     assert torch.equal(model.classifier.weight, reference.classifier.weight)
     assert len([k for k in models._MODELS if k[1] == str(model_dir)]) == 1  # the old dropped
 
@@ -226,13 +226,13 @@ def _bare_backbone(directory: Path) -> str:
 def test_a_new_head_depends_on_the_seed_only(tmp_path):
     backbone = _bare_backbone(tmp_path / "bare")
     torch.manual_seed(1)
-    first = load_reward_model(backbone)[0].classifier.weight
+    first = load_reward_model(backbone, dtype=torch.float32)[0].classifier.weight
     torch.manual_seed(2)  # another caller state, as in another process
     state = torch.random.get_rng_state()
-    second = load_reward_model(backbone)[0].classifier.weight
+    second = load_reward_model(backbone, dtype=torch.float32)[0].classifier.weight
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's state is untouched
     assert torch.equal(first, second) and first.abs().sum() > 0
-    other = load_reward_model(backbone, seed=1)[0].classifier.weight
+    other = load_reward_model(backbone, dtype=torch.float32, seed=1)[0].classifier.weight
     assert not torch.equal(first, other)
     cached = cached_reward_model(backbone)[0].classifier.weight
     assert torch.equal(cached, first)  # scoring: the seed-0 head, in every process
