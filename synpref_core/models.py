@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -120,7 +121,7 @@ def _store_digest(directory: Path, record: dict) -> None:
     """Write the digest where it can be written (atomically); a read-only everywhere model
     just goes uncached on disk."""
     for path in _cache_files(directory):
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # hosts share folders
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(record))
