@@ -427,8 +427,9 @@ def _tell(progress: Any, event: dict[str, Any]) -> None:
 
 class ProgressPrinter:
     """The driver's side of training progress: a thread that turns rank 0's events (each
-    step; the mean loss and gold accuracy at each eval) into a progress bar on stderr while Ray Train runs, so a
-    long run is never minutes of silence. Workers' own logs stay off the console."""
+    step; the mean loss and gold accuracy at each eval) into a progress bar on stderr while Ray
+    Train runs, so a long run is never minutes of silence. Workers' own logs stay off the
+    console."""
 
     def __init__(self, enabled: bool):
         from ray.util.queue import Queue
