@@ -34,6 +34,8 @@ API (what ``benchmarks/bench_gpu.py`` calls)::
                               # bf16 as autocast over fp32 weights, like the CPU training profile)
         seed=0,
     )
+    # or, instead of batches, a pair stage tokenised as training does (batches_from_pairs):
+    run_training_bench(model_dir, pairs_dir=..., max_length=512, micro_batch=8, steps=20, ...)
 
 It returns (and the CLI writes) this JSON-able dict::
 
@@ -44,7 +46,8 @@ It returns (and the CLI writes) this JSON-able dict::
                           "step_ms": float, "peak_memory_gib": float | None (cuda only:
                           torch.cuda.max_memory_allocated over the whole run),
                           "loss": float (mean training loss of the timed steps),
-                          "vs_torch_amp": float | None, "vs_torch_bf16": float | None,
+                          "vs_baseline" (= "vs_torch_amp", the like-for-like baseline):
+                          float | None, "vs_torch_amp", "vs_torch_bf16": float | None,
                           "config": {...} (the DeepSpeed config, DeepSpeed modes only)}
                | {"error": "last lines of the mode's stderr"}}}
 
@@ -93,15 +96,26 @@ MODES = (*TORCH_MODES, *DEEPSPEED_MODES)
 
 def run_training_bench(
     model_dir: str,
-    batches: list[dict[str, list[list[int]]]] | str,
+    batches: list[dict[str, list[list[int]]]] | str | None = None,
     modes: tuple[str, ...] | list[str] = MODES,
     steps: int = 20,
     warmup: int = 5,
     device: str = "cuda",
     seed: int = 0,
+    *,
+    pairs_dir: str | None = None,
+    max_length: int = 512,
+    micro_batch: int = 8,
 ) -> dict[str, Any]:
     """Train ``model_dir`` on ``batches`` in each mode (one subprocess each); see the module
-    docstring for the arguments and the result."""
+    docstring for the arguments and the result. Instead of ``batches``, ``pairs_dir`` (a pair
+    stage) gives them: :func:`batches_from_pairs` with ``max_length`` and ``micro_batch``."""
+    if (batches is None) == (pairs_dir is None):
+        raise ValueError("give batches or pairs_dir (one of them)")
+    if pairs_dir is not None:
+        batches = batches_from_pairs(
+            model_dir, pairs_dir, max_length, micro_batch, count=steps + warmup
+        )
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown modes {unknown}; known: {list(MODES)}")
@@ -121,7 +135,11 @@ def run_training_bench(
                 mode, model_dir, batches_file, steps, warmup, device, seed, out
             )
     info = next((r.pop("info") for r in results.values() if "info" in r), {})
-    for name, baseline in (("vs_torch_amp", "torch-amp"), ("vs_torch_bf16", "torch-bf16")):
+    for name, baseline in (
+        ("vs_baseline", "torch-amp"),
+        ("vs_torch_amp", "torch-amp"),
+        ("vs_torch_bf16", "torch-bf16"),
+    ):
         base = results.get(baseline, {}).get("tokens_per_s")
         for r in results.values():
             if "tokens_per_s" in r:
@@ -138,6 +156,28 @@ def run_training_bench(
         "tokens_per_step": sum(tokens) / len(tokens),
         "modes": results,
     }
+
+
+def batches_from_pairs(
+    model_dir: str, pairs_dir: str, max_length: int, micro_batch: int, count: int
+) -> list[dict[str, list[list[int]]]]:
+    """``count`` micro-batches of ``micro_batch`` pairs from a pair stage, tokenised as training
+    does (``synpref_core.rm.data.encode_pairs`` with ``model_dir``'s tokenizer, ``max_length``
+    tokens per side), in manifest order; cycled when the stage holds fewer pairs."""
+    from synpref_core.rm.data import encode_pairs, read_shard
+    from synpref_core.rm.model import load_tokenizer
+
+    table, total = read_shard(pairs_dir, 0, 1)
+    table = table.slice(0, min(total, count * micro_batch))
+    chosen, rejected = encode_pairs(load_tokenizer(model_dir), table, max_length)
+    rows = [i % len(chosen) for i in range(count * micro_batch)]
+    return [
+        {
+            "chosen": [chosen[i] for i in rows[b : b + micro_batch]],
+            "rejected": [rejected[i] for i in rows[b : b + micro_batch]],
+        }
+        for b in range(0, len(rows), micro_batch)
+    ]
 
 
 def random_batches(

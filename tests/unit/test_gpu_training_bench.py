@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.gpu_training import MODES, deepspeed_config, random_batches, run_training_bench
+import pytest
+
+from benchmarks.gpu_training import (
+    MODES,
+    batches_from_pairs,
+    deepspeed_config,
+    random_batches,
+    run_training_bench,
+)
+from synpref_core.config import ExecutorConfig, IngestConfig, SourceSpec
+from synpref_core.ingest.pipeline import run_ingest
+from tests.conftest import DATA
 from tests.rm_helpers import tiny_model_dir
 
 
@@ -42,3 +53,17 @@ def test_deepspeed_modes_resolve_presets_for_one_rank():
     assert before["bf16"]["check_grad_overflow"] is True
     assert deepspeed_config("zero0", use_gpu=True, pairs=8)["zero_optimization"]["stage"] == 0
     assert deepspeed_config("zero3", use_gpu=False, pairs=8)["torch_autocast"]["enabled"]
+
+
+def test_batches_from_a_pair_stage_are_tokenised_as_training_does(tmp_path):
+    config = IngestConfig(
+        sources=[SourceSpec(format="offsetbias", paths=[str(DATA / "offsetbias")])],
+        out=str(tmp_path / "pairs"),
+    )
+    stage = run_ingest(config, ExecutorConfig(kind="local"), progress=False)
+    batches = batches_from_pairs(str(tiny_model_dir(tmp_path)), stage, 32, 4, count=3)
+    assert [len(b["chosen"]) for b in batches] == [4, 4, 4]
+    assert all(len(b["chosen"]) == len(b["rejected"]) for b in batches)
+    assert max(len(ids) for b in batches for ids in b["chosen"] + b["rejected"]) <= 32
+    with pytest.raises(ValueError, match="one of them"):
+        run_training_bench("unused", batches, pairs_dir=stage)
