@@ -10,7 +10,12 @@ training settings. Precedence, per setting: a value set in the training config, 
 - CPU (embedded default): DeepSpeed's CPU accelerator (the trainer sets ``DS_ACCELERATOR=cpu``),
   the ``gloo`` backend, ``torch.optim.AdamW`` (DeepSpeed's FusedAdam is a CUDA kernel), and bf16
   as ``torch.autocast`` (fp32 weights, bf16 matmuls: native on CPUs with AVX512-BF16/AMX).
-- GPU: NCCL, DeepSpeed's bf16 mode (bf16 weights, fp32 master copy in the optimizer).
+- GPU: NCCL, DeepSpeed's bf16 mode (bf16 weights, fp32 master copy in the optimizer). Each rank
+  uses the GPU of its ``LOCAL_RANK`` (set by Ray Train, torchrun, or the caller), as DeepSpeed's
+  engine does; a process group this strategy creates is bound to that GPU
+  (:func:`distributed_init_kwargs`).
+- One GPU (``world_size == 1``): ZeRO shards nothing, so ``overlap_comm`` has nothing to overlap
+  and only adds device-wide synchronisations; :func:`build_deepspeed_config` turns it off there.
 
 The learning-rate schedule is a ``torch`` ``LambdaLR`` handed to DeepSpeed (which steps it at
 each optimizer step and saves it in checkpoints), so a preset must not carry a ``scheduler``.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -101,13 +107,41 @@ def build_deepspeed_config(
     half = _pick(bf16, config.get("bf16", {}).get("enabled"), default_bf16)
     if use_gpu:
         config["bf16"] = {**config.get("bf16", {}), "enabled": bool(half)}
+        if half:
+            # bf16 has fp32's range and no loss scale: DeepSpeed's overflow check (on by default)
+            # only costs a scan of every gradient and a host sync per step under ZeRO-1/2
+            # (stage_1_and_2.py step → has_overflow → .item()). A plain torch loop has none.
+            config["bf16"].setdefault("check_grad_overflow", False)
     else:
         config["bf16"] = {"enabled": False}
         config["torch_autocast"] = {"enabled": bool(half), "dtype": "bfloat16"}
+    if world_size == 1:
+        # DeepSpeed 0.19 (runtime/zero/stage_1_and_2.py) with overlap_comm: a device-wide
+        # synchronize() after every backward (independent_gradient_partition_epilogue) and a
+        # second reduce bucket; on one rank there is no communication for it to hide. Set, not
+        # dropped: ZeRO-3 defaults it to on.
+        zero["overlap_comm"] = False
     config.setdefault("gradient_clipping", DEFAULT_GRADIENT_CLIPPING)
     config.setdefault("steps_per_print", 2**31 - 1)  # we log ourselves
     config.setdefault("wall_clock_breakdown", False)
     return config
+
+
+def distributed_init_kwargs(use_gpu: bool, local_rank: int, world_size: int) -> dict[str, Any]:
+    """Arguments for ``torch.distributed.init_process_group`` (``env://`` rendezvous) when this
+    strategy creates the process group: gloo on CPU; NCCL bound to ``cuda:<local_rank>`` on GPU,
+    so collectives and barriers never guess the rank's device (NCCL warns such a guess may
+    hang). A single rank is not bound: binding makes NCCL create its communicator eagerly,
+    which fails on one GPU in some setups (DeepSpeed issue #8248; DeepSpeed 0.19 skips it too,
+    ``comm/torch.py`` ``init_process_group``)."""
+    if not use_gpu:
+        return {"backend": "gloo"}
+    import torch
+
+    kwargs: dict[str, Any] = {"backend": "nccl"}
+    if world_size > 1:
+        kwargs["device_id"] = torch.device("cuda", local_rank)
+    return kwargs
 
 
 def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -137,6 +171,7 @@ class DeepSpeedStrategy:
         self.use_gpu = use_gpu
         self.schedule = schedule
         self.engine: Any = None
+        self.local_rank = 0
 
     @property
     def zero_stage(self) -> int:
@@ -155,8 +190,20 @@ class DeepSpeedStrategy:
         ``requires_grad`` are optimised (frozen layers stay out of the optimizer)."""
         import deepspeed
         import torch
+        import torch.distributed as dist
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        if self.use_gpu:
+            self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(self.local_rank)
+            # Ray Train has already created the group (without a device; the barriers below
+            # name it instead); elsewhere (torchrun, benchmarks/gpu_training.py) create it bound
+            # to this rank's GPU, and DeepSpeed adopts it.
+            if not dist.is_initialized():
+                world = int(os.environ.get("WORLD_SIZE", "1"))
+                dist.init_process_group(
+                    **distributed_init_kwargs(True, self.local_rank, world), init_method="env://"
+                )
         deepspeed.init_distributed(dist_backend="nccl" if self.use_gpu else "gloo")
         trainable = [p for p in model.parameters() if p.requires_grad]
 
@@ -216,7 +263,7 @@ class DeepSpeedStrategy:
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params)):
             if self.rank == 0:
                 _write_hf_dir(Path(directory), model, tokenizer, records or {})
-        dist.barrier()
+        dist.barrier(device_ids=[self.local_rank] if self.use_gpu else None)
 
 
 def _write_hf_dir(target: Path, model: Any, tokenizer: Any, records: dict[str, dict]) -> None:

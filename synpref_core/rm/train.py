@@ -243,32 +243,40 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             state = strategy.load_checkpoint(directory)
         start, history = state["step"], state["history"]
 
-    losses = torch.zeros(2, dtype=torch.float64)  # (sum of micro-batch losses, their count)
+    # Kept on the device and read only at evals: a per-step loss.item() would make the host wait
+    # for the GPU every step (nothing queued ahead while Python prepares the next batch).
+    loss_sum = torch.zeros((), dtype=torch.float64, device=strategy.device)
+    micro_steps = 0  # micro-batch losses in loss_sum
     speed = torch.zeros(2, dtype=torch.float64)  # (non-pad tokens, seconds in train steps)
     steps = micro_batches(pair_lengths(pairs), micro, accum, config.seed, start, total_steps)
     _tell(progress, {"start": start, "total": total_steps})
     for step, last_micro, indices in steps:
         began = time.perf_counter()
         chosen, rejected = encode_pairs(tokenizer, pairs.take(indices), profile.max_length)
-        batch = {k: v.to(strategy.device) for k, v in collate(tokenizer, chosen, rejected).items()}
+        cpu_batch = collate(tokenizer, chosen, rejected)
+        tokens = float(cpu_batch["attention_mask"].sum())  # counted before the copy: no sync
+        batch = {k: v.to(strategy.device) for k, v in cpu_batch.items()}
         rewards = strategy.forward(**batch).logits[:, 0].float()
         loss = bt_loss(rewards[: len(indices)], rewards[len(indices) :], config.margin)
         strategy.backward(loss)
         strategy.step()
-        speed += torch.tensor([float(batch["attention_mask"].sum()), time.perf_counter() - began])
-        losses += torch.tensor([loss.item(), 1.0])
+        speed += torch.tensor([tokens, time.perf_counter() - began])
+        loss_sum += loss.detach().to(torch.float64)  # exactly the float loss.item() gave
+        micro_steps += 1
         done = step + 1
         if last_micro:
-            _tell(progress, {"step": done, "loss": loss.item()})
+            _tell(progress, {"step": done})
         if not last_micro or (done % config.eval_every and done != total_steps):
             continue
 
         # eval, export, checkpoint, report: collectives, so every rank comes here together
+        losses = torch.stack([loss_sum, loss_sum.new_tensor(float(micro_steps))])
         dist.all_reduce(losses)
         accuracy, scores = _gold_accuracy(strategy, tokenizer, gold, EVAL_BATCH_FACTOR * micro)
         entry = {"step": done, "loss": float(losses[0] / losses[1]), "gold_accuracy": accuracy}
         history.append(entry)
-        losses.zero_()
+        loss_sum.zero_()
+        micro_steps = 0
         best = best_entry(history)
         if best is entry:
             records = {
@@ -289,7 +297,15 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             "history": history,
         }
         _report(strategy, metrics, {"step": done, "history": history})
-        _tell(progress, {"step": done, "gold_accuracy": accuracy, "best": best["gold_accuracy"]})
+        _tell(
+            progress,
+            {
+                "step": done,
+                "loss": entry["loss"],
+                "gold_accuracy": accuracy,
+                "best": best["gold_accuracy"],
+            },
+        )
 
 
 class Gold(NamedTuple):
@@ -301,11 +317,17 @@ class Gold(NamedTuple):
 
 
 def _load_model(config: TrainConfig, profile: Profile) -> tuple[Any, Any]:
-    """The reward model (a new head seeded alike on every rank), its profile applied, no
-    dropout."""
+    """The reward model in fp32 (a new head seeded alike on every rank), its profile applied,
+    no dropout.
+
+    fp32 whatever the checkpoint's dtype (transformers 5 would keep a bf16 checkpoint in bf16):
+    DeepSpeed's bf16 mode casts the module itself and keeps fp32 master weights from these,
+    and the CPU profile runs bf16 autocast over fp32 weights."""
+    import torch
+
     from synpref_core.rm.model import load_reward_model
 
-    model, tokenizer = load_reward_model(config.model, seed=config.seed)
+    model, tokenizer = load_reward_model(config.model, dtype=torch.float32, seed=config.seed)
     freeze_lower_layers(model, profile.trainable_layers)
     disable_dropout(model)
     if config.gradient_checkpointing:
@@ -404,9 +426,10 @@ def _tell(progress: Any, event: dict[str, Any]) -> None:
 
 
 class ProgressPrinter:
-    """The driver's side of training progress: a thread that turns rank 0's events (step,
-    loss, gold accuracy at each eval) into a progress bar on stderr while Ray Train runs, so a
-    long run is never minutes of silence. Workers' own logs stay off the console."""
+    """The driver's side of training progress: a thread that turns rank 0's events (each
+    step; the mean loss and gold accuracy at each eval) into a progress bar on stderr while Ray
+    Train runs, so a long run is never minutes of silence. Workers' own logs stay off the
+    console."""
 
     def __init__(self, enabled: bool):
         from ray.util.queue import Queue

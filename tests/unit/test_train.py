@@ -40,6 +40,7 @@ from synpref_core.rm.train import (
     TrainEntry,
     TrainResult,
     _interleave,
+    _load_model,
     best_entry,
     freeze_lower_layers,
     resolve_profile,
@@ -108,6 +109,19 @@ def test_run_identity_ignores_output_and_step_limit_only():
     same = base.model_copy(update={"out": "elsewhere", "max_steps": 5})
     assert run_identity(same) == run_identity(base)
     assert run_identity(base.model_copy(update={"seed": 1})) != run_identity(base)
+
+
+def test_training_loads_a_bf16_checkpoint_in_fp32(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tiny, bf16_dir = tiny_model_dir(tmp_path), tmp_path / "bf16-rm"
+    AutoModelForSequenceClassification.from_pretrained(tiny).to(torch.bfloat16).save_pretrained(
+        bf16_dir
+    )
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(bf16_dir)
+    config = TrainConfig(model=str(bf16_dir), profile="full")
+    model, _ = _load_model(config, resolve_profile(config))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 def test_freeze_lower_layers_trains_top_blocks_and_head(tmp_path):
