@@ -361,17 +361,18 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(cell(s) for s in result["scoring"]) + " |")
     training = result.get("training")
     if training:
-        lines += ["", "| training, tokens/s | " + " | ".join(training) + " |"]
-        lines.append("|---|" + "---:|" * len(training))
-        modes = list(next(iter(training.values()))["modes"])
-        for mode in modes:
+        header = " | ".join(f"{name} tokens/s | × torch-amp | × torch-bf16" for name in training)
+        lines += ["", f"| training | {header} |", "|---|" + "---:|" * 3 * len(training)]
+        for mode in next(iter(training.values()))["modes"]:
             cells = []
             for per_model in training.values():
                 got = per_model["modes"].get(mode, {})
-                rate = got.get("tokens_per_s")
-                cells.append(
-                    "–" if rate is None else f"{rate:,.0f} ({got.get('vs_baseline', 0):.2f}×)"
-                )
+                if "tokens_per_s" not in got:
+                    cells += ["failed", "–", "–"]
+                    continue
+                cells.append(f"{got['tokens_per_s']:,.0f}")
+                for key in ("vs_torch_amp", "vs_torch_bf16"):
+                    cells.append("–" if got.get(key) is None else f"{got[key]:.2f}")
             lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
