@@ -384,6 +384,7 @@ class ScoreStage(MapStage):
     def __init__(self, config: ScoreConfig):
         super().__init__(config, parent=config.pairs)
         self.max_length = config.max_length or trained_max_length(config.model)
+        self._chosen_budget: dict[tuple[str, str], int] = {}  # per (device, dtype): see _plan
         if config.token_budget is not None and config.token_budget < self.max_length:
             raise ValueError(
                 f"ScoreConfig.token_budget ({config.token_budget}) is below {config.model}'s "
@@ -398,8 +399,13 @@ class ScoreStage(MapStage):
         return cached_reward_model(score.model, score.device, score.dtype, self.model_version)
 
     def _plan(self, model: Any) -> tuple[int, bool]:
-        """(token budget, prefetch?) for the loaded model on its device."""
-        budget = self.settings.token_budget or token_budget_for(model, self.max_length)
+        """(token budget, prefetch?) for the loaded model on its device. The budget is chosen
+        once per process: later shards find the memory the first one's batches left cached by
+        torch's allocator, and would choose smaller batches."""
+        where = (str(model.device), str(model.dtype))  # the stage's one model, as loaded
+        budget = self.settings.token_budget or self._chosen_budget.get(where)
+        if budget is None:
+            budget = self._chosen_budget[where] = token_budget_for(model, self.max_length)
         prefetch = self.settings.prefetch
         return budget, model.device.type == "cuda" if prefetch is None else prefetch
 
