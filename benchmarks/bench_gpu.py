@@ -49,19 +49,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from benchmarks import bench_scoring as scoring_bench
 from benchmarks.common import RESULTS, machine, write_results
 from synpref_core import models as model_cache
 from synpref_core.config import IngestConfig, SourceSpec
 from synpref_core.executors import run
 from synpref_core.ingest.pipeline import run_ingest
 from synpref_core.models import FINGERPRINT_FILE, model_fingerprint
-from synpref_core.rm.model import encode, load_tokenizer, render, resolve_backbone
+from synpref_core.rm.evaluate import decision_changes
+from synpref_core.rm.model import load_tokenizer, render, resolve_backbone
 from synpref_core.rm.scoring import (
     CPU_TOKEN_BUDGET,
     ScoreConfig,
     ScoreStage,
     cached_reward_model,
-    plan_batches,
+    preference_probability,
     token_budget_for,
 )
 from synpref_core.stages import load_manifest
@@ -171,19 +173,11 @@ def run_synpref(
 def prepare_bound(
     tokenizer: Any, pairs: pa.Table, max_length: int, budget: int, device: torch.device
 ) -> list[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
-    """Tokenised, length-sorted, padded batches already on the device."""
-    conversations = pairs["conversation"].to_pylist()
-    sequences = encode(tokenizer, conversations, pairs["chosen"].to_pylist(), max_length)
-    sequences += encode(tokenizer, conversations, pairs["rejected"].to_pylist(), max_length)
-    lengths = np.array([len(s) for s in sequences])
-    batches = []
-    for index in plan_batches(lengths, budget):
-        width = int(lengths[index].max())
-        ids = torch.full((len(index), width), tokenizer.pad_token_id, dtype=torch.int64)
-        for row, i in enumerate(index):
-            ids[row, : lengths[i]] = torch.tensor(sequences[i])
-        mask = (torch.arange(width) < torch.from_numpy(lengths[index])[:, None]).long()
-        batches.append((index, ids.to(device), mask.to(device)))
+    """``bench_scoring``'s tokenised, length-sorted, padded batches, already on the device."""
+    batches = [
+        (b["index"], b["input_ids"].to(device), b["attention_mask"].to(device))
+        for b in scoring_bench.prepare_bound(tokenizer, pairs, budget, max_length)
+    ]
     sync(device)
     return batches
 
@@ -223,19 +217,12 @@ def fingerprint_times(model_dir: str) -> dict[str, float]:
     return {"cold_s": cold_s, "warm_s": warm_s}
 
 
-def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
-    """Decision agreement and |Δp| between two score runs (rewards: chosen half, rejected half)."""
+def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """``synpref eval --compare-dtype``'s figures for two score runs (rewards: the chosen
+    half, then the rejected half)."""
     n = len(reference) // 2
-    p_ref = 1 / (1 + np.exp(-(reference[:n] - reference[n:])))
-    p_other = 1 / (1 + np.exp(-(other[:n] - other[n:])))
-    flipped = (p_ref > 0.5) != (p_other > 0.5)
-    delta = np.abs(p_ref - p_other)
-    return {
-        "decision_agreement": float(1 - flipped.mean()),
-        "flipped": int(flipped.sum()),
-        "max_abs_dp": float(delta.max()),
-        "mean_abs_dp": float(delta.mean()),
-    }
+    p = [preference_probability(r[:n], r[n:]) for r in (reference, other)]
+    return decision_changes(*p)
 
 
 def bench_scoring(

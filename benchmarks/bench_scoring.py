@@ -126,11 +126,13 @@ def run_synpref(pairs_dir: str, out: str, token_budget: int, dtype: str = "auto"
     return {"rewards": rewards, "lengths": lengths, "token_budget": token_budget}
 
 
-def prepare_bound(tokenizer: Any, pairs: pa.Table, token_budget: int) -> list[dict]:
+def prepare_bound(
+    tokenizer: Any, pairs: pa.Table, token_budget: int, max_length: int = MAX_LENGTH
+) -> list[dict]:
     """Tokenized, length-sorted, padded batches: everything but the forward passes."""
     conversations = pairs["conversation"].to_pylist()
-    sequences = encode(tokenizer, conversations, pairs["chosen"].to_pylist(), MAX_LENGTH)
-    sequences += encode(tokenizer, conversations, pairs["rejected"].to_pylist(), MAX_LENGTH)
+    sequences = encode(tokenizer, conversations, pairs["chosen"].to_pylist(), max_length)
+    sequences += encode(tokenizer, conversations, pairs["rejected"].to_pylist(), max_length)
     lengths = np.array([len(s) for s in sequences])
     batches = []
     for index in plan_batches(lengths, token_budget):

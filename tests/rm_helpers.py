@@ -45,3 +45,22 @@ def tiny_model_dir(directory: Path, seed: int = 0) -> Path:
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_config(preset: dict, **overrides: Any) -> dict:
+    """``build_deepspeed_config`` of ``preset`` with the CPU settings of the config tests (two
+    workers, nothing set in the training config), ``overrides`` replacing any of them."""
+    from synpref_core.rm.strategy import build_deepspeed_config
+
+    settings = dict(
+        world_size=2,
+        use_gpu=False,
+        micro_batch=None,
+        grad_accum=None,
+        lr=None,
+        zero_stage=None,
+        bf16=None,
+        default_lr=1e-4,
+        default_bf16=True,
+    )
+    return build_deepspeed_config(preset, **{**settings, **overrides})

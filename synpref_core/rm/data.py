@@ -82,13 +82,11 @@ def encode_pairs(
     tokenizer: Any, table: pa.Table, max_length: int
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Token ids of the chosen and of the rejected side of every pair in ``table``."""
-    from synpref_core.rm.model import encode
+    from synpref_core.rm.model import encode_sides
 
     rows = table.to_pydict()
-    conversations = rows["conversation"]
-    return (
-        encode(tokenizer, conversations, rows["chosen"], max_length),
-        encode(tokenizer, conversations, rows["rejected"], max_length),
+    return encode_sides(
+        tokenizer, rows["conversation"], rows["chosen"], rows["rejected"], max_length
     )
 
 

@@ -202,6 +202,28 @@ def evaluate(
     return result
 
 
+def decision_changes(reference: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """How the pairwise decisions of ``other`` differ from ``reference`` (both arrays of
+    p = σ(r_chosen − r_rejected) over the same pairs): the share that agree, the flipped ones
+    (and those of them within :data:`NEAR_TIE` of a tie in the reference, and the largest
+    |p − 0.5| among them), and max and mean |Δp|."""
+    flipped = (reference > 0.5) != (other > 0.5)
+    delta = np.abs(reference - other)
+    near = np.abs(reference - 0.5) < NEAR_TIE
+    return {
+        "pairs": len(reference),
+        "decision_agreement": float(1 - flipped.mean()) if len(reference) else None,
+        "flipped": int(flipped.sum()),
+        "flipped_near_ties": int((flipped & near).sum()),
+        "near_tie": NEAR_TIE,
+        "flipped_max_margin": (
+            float(np.abs(reference[flipped] - 0.5).max()) if flipped.any() else None
+        ),
+        "max_abs_dp": float(delta.max()) if len(delta) else None,
+        "mean_abs_dp": float(delta.mean()) if len(delta) else None,
+    }
+
+
 def compare_dtypes(
     model_dir: str,
     pairs: pa.Table,
@@ -211,40 +233,26 @@ def compare_dtypes(
     device: str = "auto",
     dtypes: tuple[str, str] = ("float32", "bfloat16"),
 ) -> DtypeComparison:
-    """Score ``pairs`` in both ``dtypes`` (the reference first) on ``device`` and compare:
-    the share of pairs whose decision (r_chosen > r_rejected) is the same, and |Δp| of
-    p = σ(r_chosen − r_rejected); the flipped decisions' largest |p − 0.5| in the reference
-    says how near a tie they were. The two models are loaded one after the other."""
+    """Score ``pairs`` in both ``dtypes`` (the reference first) on ``device``, one model after
+    the other, and compare their decisions (:func:`decision_changes`)."""
     import time
 
     from synpref_core.rm.scoring import preference_probability, resolve_device
 
     target = str(resolve_device(device))
-    probabilities, seconds = {}, {}
+    probabilities, seconds = [], {}
     for dtype in dtypes:
         began = time.perf_counter()
-        model, tokenizer = load_model_checked(model_dir, target, dtype)
-        r_chosen, r_rejected = score_rewards(
-            model, tokenizer, pairs, max_length, token_budget, progress
+        scored = score_with_model(
+            model_dir, pairs, max_length, token_budget, progress, target, dtype
         )
         seconds[dtype] = round(time.perf_counter() - began, 3)
-        probabilities[dtype] = preference_probability(r_chosen, r_rejected)
-        del model
-    reference, other = (probabilities[d] for d in dtypes)
-    flipped = (reference > 0.5) != (other > 0.5)
-    delta = np.abs(reference - other)
-    near = np.abs(reference - 0.5) < NEAR_TIE
+        rewards = (scored[side].to_numpy() for side in ("r_chosen", "r_rejected"))
+        probabilities.append(preference_probability(*rewards))
     return DtypeComparison(
         device=target,
         reference=dtypes[0],
         other=dtypes[1],
-        pairs=len(reference),
-        decision_agreement=float(1 - flipped.mean()) if len(reference) else None,
-        flipped=int(flipped.sum()),
-        flipped_near_ties=int((flipped & near).sum()),
-        near_tie=NEAR_TIE,
-        flipped_max_margin=float(np.abs(reference[flipped] - 0.5).max()) if flipped.any() else None,
-        max_abs_dp=float(delta.max()) if len(delta) else None,
-        mean_abs_dp=float(delta.mean()) if len(delta) else None,
         seconds=seconds,
+        **decision_changes(*probabilities),
     )

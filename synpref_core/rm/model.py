@@ -133,3 +133,17 @@ def encode(
     return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=add_special)[
         "input_ids"
     ]
+
+
+def encode_sides(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[dict]],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    max_length: int,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of the chosen and of the rejected side of in-memory pairs."""
+    return (
+        encode(tokenizer, conversations, chosen, max_length),
+        encode(tokenizer, conversations, rejected, max_length),
+    )

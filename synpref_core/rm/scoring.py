@@ -69,7 +69,7 @@ from synpref_core.io.prefetch import prefetched
 from synpref_core.models import cached_model, model_fingerprint
 from synpref_core.rm.model import (
     DEFAULT_BACKBONE,
-    encode,
+    encode_sides,
     load_reward_model,
     resolve_backbone,
     trained_max_length,
@@ -266,20 +266,6 @@ class PairScores(NamedTuple):
     r_rejected: np.ndarray
     chosen_tokens: list[int]
     rejected_tokens: list[int]
-
-
-def encode_sides(
-    tokenizer: Any,
-    conversations: Sequence[Sequence[dict]],
-    chosen: Sequence[str],
-    rejected: Sequence[str],
-    max_length: int,
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids of the chosen and of the rejected side of in-memory pairs."""
-    return (
-        encode(tokenizer, conversations, chosen, max_length),
-        encode(tokenizer, conversations, rejected, max_length),
-    )
 
 
 def score_encoded(

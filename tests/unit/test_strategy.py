@@ -6,23 +6,13 @@ from __future__ import annotations
 import torch
 from deepspeed.runtime.config import DeepSpeedConfig
 
-from synpref_core.rm.strategy import build_deepspeed_config, distributed_init_kwargs, load_preset
+from synpref_core.rm.strategy import distributed_init_kwargs, load_preset
 from tests.conftest import REPO
+from tests.rm_helpers import build_config
 
 
 def _build(preset, **overrides):
-    settings = dict(
-        world_size=2,
-        use_gpu=True,
-        micro_batch=None,
-        grad_accum=None,
-        lr=None,
-        zero_stage=None,
-        bf16=None,
-        default_lr=1e-5,
-        default_bf16=True,
-    )
-    return build_deepspeed_config(preset, **{**settings, **overrides})
+    return build_config(preset, **{"use_gpu": True, **overrides})  # a GPU unless told
 
 
 def test_process_group_is_gloo_on_cpu_and_nccl_bound_to_the_local_gpu():

@@ -31,7 +31,6 @@ from synpref_core.rm.loss import bt_loss
 from synpref_core.rm.registry import register_model
 from synpref_core.rm.strategy import (
     StrategyError,
-    build_deepspeed_config,
     load_preset,
     lr_multiplier,
 )
@@ -47,7 +46,7 @@ from synpref_core.rm.train import (
     run_identity,
 )
 from tests.conftest import DATA, REPO
-from tests.rm_helpers import tiny_model_dir
+from tests.rm_helpers import build_config, tiny_model_dir
 
 PRESETS = sorted((REPO / "infra" / "deepspeed").glob("*.json"))
 
@@ -153,44 +152,30 @@ def test_freeze_lower_layers_trains_top_blocks_and_head(tmp_path):
 # -- DeepSpeed config ------------------------------------------------------------------------
 
 
-def _build(preset, **overrides):
-    settings = dict(
-        world_size=2,
-        use_gpu=False,
-        micro_batch=None,
-        grad_accum=None,
-        lr=None,
-        zero_stage=None,
-        bf16=None,
-        default_lr=1e-4,
-        default_bf16=True,
-    )
-    return build_deepspeed_config(preset, **{**settings, **overrides})
-
-
 def test_deepspeed_config_precedence_explicit_then_preset_then_default():
     preset = {
         "optimizer": {"type": "AdamW", "params": {"lr": 3e-6}},
         "zero_optimization": {"stage": 2},
         "train_micro_batch_size_per_gpu": "auto",
     }
-    built = _build(preset)
+    built = build_config(preset)
     assert built["optimizer"]["params"]["lr"] == 3e-6  # the preset's
     assert built["zero_optimization"]["stage"] == 2
     assert built["train_micro_batch_size_per_gpu"] == 8  # "auto": the default
-    built = _build(preset, lr=1e-5, zero_stage=1, micro_batch=4, grad_accum=3)
+    built = build_config(preset, lr=1e-5, zero_stage=1, micro_batch=4, grad_accum=3)
     assert built["optimizer"]["params"]["lr"] == 1e-5
     assert built["zero_optimization"]["stage"] == 1
     assert (built["train_micro_batch_size_per_gpu"], built["gradient_accumulation_steps"]) == (4, 3)
-    assert _build({})["optimizer"] == {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}}
+    optimizer = build_config({})["optimizer"]
+    assert optimizer == {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}}
 
 
 def test_deepspeed_config_cpu_autocast_and_gpu_bf16():
-    cpu = _build({})
+    cpu = build_config({})
     assert cpu["bf16"] == {"enabled": False}
     assert cpu["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
     assert cpu["optimizer"]["params"]["torch_adam"] is True  # FusedAdam is CUDA-only
-    gpu = _build({}, use_gpu=True, bf16=False)
+    gpu = build_config({}, use_gpu=True, bf16=False)
     assert gpu["bf16"] == {"enabled": False} and "torch_autocast" not in gpu
     assert "torch_adam" not in gpu["optimizer"]["params"]
 
@@ -199,7 +184,7 @@ def test_paper_preset_keeps_its_global_batch_on_any_divisible_world_size():
     paper = load_preset(str(REPO / "infra" / "deepspeed" / "paper-8b.json"))
     assert "_comment" not in paper
     for world, accum in ((64, 160), (8, 1280)):
-        built = _build(paper, world_size=world, use_gpu=True)
+        built = build_config(paper, world_size=world, use_gpu=True)
         assert (
             built["train_micro_batch_size_per_gpu"] * built["gradient_accumulation_steps"] * (world)
             == 10_240
@@ -208,9 +193,9 @@ def test_paper_preset_keeps_its_global_batch_on_any_divisible_world_size():
         assert built["optimizer"]["params"]["lr"] == 3e-6 and built["bf16"]["enabled"]
         assert built["zero_optimization"]["stage"] == 1
     with pytest.raises(StrategyError, match="train_batch_size"):
-        _build(paper, world_size=48, use_gpu=True)
+        build_config(paper, world_size=48, use_gpu=True)
     with pytest.raises(StrategyError, match="scheduler"):
-        _build({"scheduler": {"type": "WarmupLR"}})
+        build_config({"scheduler": {"type": "WarmupLR"}})
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
@@ -218,7 +203,7 @@ def test_every_preset_is_a_valid_deepspeed_config(preset):
     from deepspeed.runtime.config import DeepSpeedConfig
 
     use_gpu = "gpu" in preset.name or "paper" in preset.name
-    built = _build(load_preset(str(preset)), world_size=1, use_gpu=use_gpu)
+    built = build_config(load_preset(str(preset)), world_size=1, use_gpu=use_gpu)
     parsed = DeepSpeedConfig(built)
     assert parsed.train_batch_size == (
         built["train_micro_batch_size_per_gpu"] * built["gradient_accumulation_steps"]
