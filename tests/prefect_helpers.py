@@ -19,6 +19,21 @@ import httpx
 from tests.conftest import REPO
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+API_RETRY_S = 120  # how long a request is repeated while the server answers 503
+
+
+def api_call(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request to the Prefect server's REST API, repeated while the server answers 503:
+    its SQLite database was locked by another writer (the worker, the scheduler), and it asks
+    the client to try again after ``Retry-After`` seconds, as Prefect's own client and the UI
+    do. Any other answer is returned as it is."""
+    kwargs.setdefault("timeout", 30)
+    deadline = time.monotonic() + API_RETRY_S
+    while True:
+        response = httpx.request(method, url, **kwargs)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        time.sleep(float(response.headers.get("Retry-After", 2)))
 
 
 def free_port() -> int:
@@ -127,7 +142,7 @@ def wait_for_flow_run(api: str, flow_run_id: str, timeout_s: float) -> dict[str,
     ``timeout_s`` seconds."""
     deadline = time.monotonic() + timeout_s
     while True:
-        flow_run = httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=30).json()
+        flow_run = api_call("GET", f"{api}/flow_runs/{flow_run_id}").json()
         if flow_run["state_type"] in TERMINAL:
             return flow_run
         assert time.monotonic() < deadline, f"{flow_run['state_type']} after {timeout_s} s"

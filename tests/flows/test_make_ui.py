@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO
-from tests.prefect_helpers import free_port
+from tests.prefect_helpers import api_call, free_port
 
 SCRIPT = REPO / "infra" / "prefect" / "ui.sh"
 
@@ -90,14 +90,14 @@ def test_make_ui_serves_the_deployments_and_ctrl_c_stops_server_and_worker(tmp_p
         assert f"http://127.0.0.1:{port}" in text and "stage1-round" in text
 
         assert httpx.get(f"{api}/health", timeout=30).status_code == 200
-        deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
+        deployments = api_call("POST", f"{api}/deployments/filter", json={}).json()
         by_name = {d["name"]: d for d in deployments}
         assert {"stage1", "stage1-round", "stage2", "retrieve"} <= set(by_name)
         assert by_name["stage1-round"]["entrypoint"] == "flows/stage1.py:stage1_round_flow"
         assert by_name["stage1-round"]["work_pool_name"] == "synpref"
         workers = f"{api}/work_pools/synpref/workers/filter"
         deadline = time.monotonic() + 60  # the worker registers itself on its first poll
-        while not httpx.post(workers, json={}, timeout=30).json():
+        while not api_call("POST", workers, json={}).json():
             assert time.monotonic() < deadline, (tmp_path / "logs" / "worker.log").read_text()
             time.sleep(2)
 

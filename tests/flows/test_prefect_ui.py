@@ -16,11 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.browser import browser as _browser
-from tests.prefect_helpers import deploy, wait_for_flow_run
+from tests.prefect_helpers import api_call, deploy, wait_for_flow_run
 
 ROUND = 2
 RUN_TIMEOUT_S = 480
@@ -73,7 +72,7 @@ def test_custom_run_form_changes_round_and_the_run_completes(tmp_path, chromium,
     api, ui, env = prefect_stack["api"], prefect_stack["ui"], prefect_stack["env"]
     config = _tiny_retrieve_config(tmp_path)
     deploy("retrieve", env, {"config": config})
-    deployment = httpx.get(f"{api}/deployments/name/retrieve/retrieve").json()
+    deployment = api_call("GET", f"{api}/deployments/name/retrieve/retrieve").json()
     assert deployment["parameters"]["config"]["round"] == 1
 
     driver = _browser(chromium)
@@ -108,7 +107,7 @@ def test_custom_run_form_changes_round_and_the_run_completes(tmp_path, chromium,
 
         flow_filter = {"deployments": {"id": {"any_": [deployment["id"]]}}}
         runs = wait.until(
-            lambda _: httpx.post(f"{api}/flow_runs/filter", json=flow_filter).json(),
+            lambda _: api_call("POST", f"{api}/flow_runs/filter", json=flow_filter).json(),
             message=f"no flow run after Submit:\n{driver.find_element(By.TAG_NAME, 'body').text}",
         )
         driver.save_screenshot(str(tmp_path / "submitted.png"))

@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from tests.conftest import REPO
 from tests.flow_helpers import tiny_stage1_config
-from tests.prefect_helpers import deploy, wait_for_flow_run
+from tests.prefect_helpers import api_call, deploy, wait_for_flow_run
 
 RUN_TIMEOUT_S = 1200  # one round takes ~90 s on a quiet box, 5+ min on 2 busy CPUs
 
@@ -48,14 +47,14 @@ def test_stage1_round_deployment_runs_one_round_from_the_api(tmp_path, prefect_s
     config = tiny_stage1_config(tmp_path / "run", tmp_path / "models")
     parameters = {"config": config.model_dump(mode="json")}
     deploy("stage1-round", env, parameters)
-    deployment = httpx.get(f"{api}/deployments/name/stage1-round/stage1-round", timeout=30).json()
+    deployment = api_call("GET", f"{api}/deployments/name/stage1-round/stage1-round").json()
     assert deployment["entrypoint"] == "flows/stage1.py:stage1_round_flow"
     assert deployment["work_pool_name"] == "synpref"
     assert not deployment["paused"] and deployment["schedules"] == []
     assert deployment["parameters"] == parameters
 
-    created = httpx.post(
-        f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=30
+    created = api_call(
+        "POST", f"{api}/deployments/{deployment['id']}/create_flow_run", json={}
     )  # Quick run: the deployment's parameters
     assert created.status_code == 201, created.text
     flow_run = wait_for_flow_run(api, created.json()["id"], RUN_TIMEOUT_S)

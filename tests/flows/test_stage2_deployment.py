@@ -16,12 +16,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from synpref_core.stages import load_manifest
 from tests.flow_helpers import wild_stage2_config
-from tests.prefect_helpers import deploy, wait_for_flow_run
+from tests.prefect_helpers import api_call, deploy, wait_for_flow_run
 
 RUN_TIMEOUT_S = 900  # the run itself takes ~2 min on 2 busy CPUs
 
@@ -31,7 +30,7 @@ RUN_TIMEOUT_S = 900  # the run itself takes ~2 min on 2 busy CPUs
 def test_stage2_deploys_with_its_schedule_and_a_run_from_the_api_completes(tmp_path, prefect_stack):
     api, env = prefect_stack["api"], prefect_stack["env"]
     deploy("stage2", env)
-    deployment = httpx.get(f"{api}/deployments/name/stage2/stage2", timeout=30).json()
+    deployment = api_call("GET", f"{api}/deployments/name/stage2/stage2").json()
     assert deployment["entrypoint"] == "flows/stage2.py:stage2_flow"
     assert deployment["work_pool_name"] == "synpref"
     assert not deployment["paused"]
@@ -41,10 +40,10 @@ def test_stage2_deploys_with_its_schedule_and_a_run_from_the_api_completes(tmp_p
     assert (schedule["cron"], schedule["timezone"], active) == ("0 2 * * *", "UTC", True)
 
     config = wild_stage2_config(tmp_path / "run", tmp_path / "models")
-    created = httpx.post(
+    created = api_call(
+        "POST",
         f"{api}/deployments/{deployment['id']}/create_flow_run",
         json={"parameters": {"config": config.model_dump(mode="json")}},
-        timeout=30,
     )
     assert created.status_code == 201, created.text
     flow_run = wait_for_flow_run(api, created.json()["id"], RUN_TIMEOUT_S)
@@ -79,7 +78,7 @@ def _scheduled_runs(api: str, deployment_id: str) -> list[dict]:
     }
     deadline = time.monotonic() + 180
     while True:
-        runs = httpx.post(f"{api}/flow_runs/filter", json=query, timeout=30).json()
+        runs = api_call("POST", f"{api}/flow_runs/filter", json=query).json()
         if runs or time.monotonic() > deadline:
             return runs
         time.sleep(3)
